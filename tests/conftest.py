@@ -12,6 +12,12 @@ import pathlib
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# A persistent XLA compilation cache shared by every test and the subprocesses they start:
+# the suite compiles many identical small programs, and a cache hit costs a fraction of a compile.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 
 

@@ -24,8 +24,8 @@ class PipelineError(ValueError):
 
 def pick_crop(record: dict, rng: np.random.Generator) -> dict:
     """One augmented crop of a record: the same crop index for every modality keeps them aligned."""
-    tokens = record["tokens"]
-    counts = {name: np.asarray(t).shape[0] for name, t in tokens.items()}
+    tokens = record["tokens"]  # {modality: [K, ...] array, or a list of K arrays (ragged text)}
+    counts = {name: len(t) for name, t in tokens.items()}
     if len(set(counts.values())) != 1:
         raise PipelineError(f"record {record.get('id')!r}: modalities hold different crop counts {counts}")
     k = int(rng.integers(next(iter(counts.values())))) if counts else 0

@@ -135,7 +135,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:
     directory = pathlib.Path(directory)
     tmp = directory / (MANIFEST + PARTIAL_SUFFIX)
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, directory / MANIFEST)
 
 
