@@ -58,3 +58,22 @@ def test_config_errors_name_the_field(token_dir, tmp_path):
         loop.train(_config(token_dir, modalities="('rgb', 'normals')"), tmp_path, quiet=True)
     with pytest.raises(loop.TrainConfigError, match="config.mesh .*1 devices are not a multiple of 2"):
         loop.train(_config(token_dir, **{"mesh.data": 2, "mesh.fsdp": -1}), tmp_path, quiet=True)
+
+
+def test_trained_model_loads_and_saves_back(token_dir, tmp_path):
+    import jax
+    from flax import nnx
+
+    from m4.train import model_io
+
+    loop.train(_config(token_dir, total_steps=2), tmp_path / "run", quiet=True)
+    model = model_io.load_model(tmp_path / "run")
+    assert [s.name for s in model.config.modalities] == ["rgb", "depth", "caption"]
+    model_io.save_model(tmp_path / "saved", model, step=7)
+    again = model_io.load_model(tmp_path / "saved")
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(again))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(model_io.ModelLoadError, match="no checkpoint at step 3"):
+        model_io.load_model(tmp_path / "saved", step=3)
+    with pytest.raises(model_io.ModelLoadError, match="no model_config.json"):
+        model_io.load_model(tmp_path)

@@ -31,9 +31,9 @@ from m4.model.fourm import FourM
 from m4.train import step as step_lib
 from m4.train.checkpoint import Checkpointer
 from m4.train.metrics import MetricWriter, Progress
+from m4.train.model_io import MODEL_CONFIG_FILE
 from m4.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
-MODEL_CONFIG_FILE = "model_config.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 
 
