@@ -1,0 +1,1 @@
+"""Data: the built-in scenes dataset and (later) the other data formats and pipelines."""
