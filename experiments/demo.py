@@ -18,7 +18,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict({"shards": "runs/demo/tokens/train"})
+    # `tokenizers`: when set, the shards' manifest must match these tokenizer artifacts.
+    c.data = ml_collections.ConfigDict({"shards": "runs/demo/tokens/train", "tokenizers": ""})
     c.modalities = None                  # None: every modality of the shards, in manifest order
 
     c.model = ml_collections.ConfigDict({

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("m4.demo", "the end-to-end main job on the built-in dataset (resumable stages)"),
     "data": ("m4.data.cli", "built-in scenes dataset: preview, TFDS build, folder export"),
     "tokenizer": ("m4.tokenizers.cli", "train and evaluate the per-modality tokenizers"),
+    "pretokenize": ("m4.pretokenize", "tokenize a dataset into sharded token records (resumable)"),
     "train": ("m4.train.loop", "train a 4M model on token shards (single or multi-process)"),
     "convert": ("m4.convert.cli", "import reference (apple/ml-4m) checkpoints"),
 }

@@ -29,3 +29,24 @@ def shared_fixture(name: str) -> pathlib.Path:
             pytest.fail(message + " (required under CI)")
         pytest.skip(message)
     return path
+
+
+TINY_TOKENIZER_MODALITIES = ("rgb", "depth", "semseg", "poses", "caption")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizers(tmp_path_factory):
+    """Tiny trained tokenizers (rgb, depth, semseg, poses, caption; 32x32 scenes), one artifact
+    directory per modality under the returned directory. Trained once per test session."""
+    from m4.config import load_config
+    from m4.tokenizers.train import train
+
+    root = tmp_path_factory.mktemp("tiny_tokenizers")
+    cache = tmp_path_factory.mktemp("tiny_tokenizer_scenes")
+    for modality in TINY_TOKENIZER_MODALITIES:
+        config = load_config(str(REPO_ROOT / "tokenizers" / f"{modality}.py") + ":tiny",
+                             [f"data.cache_dir={cache}"])
+        workdir = tmp_path_factory.mktemp(f"train_{modality}")
+        artifact = train(config, workdir, progress=False)
+        artifact.rename(root / modality)
+    return root

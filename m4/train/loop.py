@@ -133,6 +133,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
     # (2) data
     manifest = shards.read_manifest(config.data.shards)
+    if config.data.get("tokenizers"):
+        from m4.pretokenize import expected_manifest, find_tokenizers
+        shards.check_manifest(manifest, expected_manifest(find_tokenizers(config.data.tokenizers)),
+                              where=str(config.data.shards))
     specs = modality_specs(manifest, config.get("modalities"))
     masker = make_masker(config, specs, manifest)
     data = batches(config, config.data.shards, masker, seed=config.seed, local_batch=local_batch)
