@@ -8,40 +8,18 @@
 
 from __future__ import annotations
 
-import pathlib
-
-import ml_collections
-
-HERE = pathlib.Path(__file__).resolve().parent
+from m4.train.defaults import train_config
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # `tokenizers`: when set, the shards' manifest must match these tokenizer artifacts.
-    c.data = ml_collections.ConfigDict({"shards": "runs/demo/tokens/train", "tokenizers": ""})
-    c.modalities = None                  # None: every modality of the shards, in manifest order
-
-    c.model = ml_collections.ConfigDict({
-        "size": "tiny", "variant": "swiglu_nobias",
-        # Any FourMConfig field may be set here; None keeps the preset's value.
-        "dim": None, "encoder_depth": None, "decoder_depth": None, "num_heads": None,
-        "dtype": None, "remat": None, "scan_layers": None, "logits": None,
-    })
-    c.masking = ml_collections.ConfigDict({
-        "mixture_file": str(HERE / "mixtures.py"), "mixture": "demo",
-        "input_tokens": 128, "target_tokens": 128,
-    })
-    c.loss_type = "mod"
+def get_config(arg: str | None = None):
+    c = train_config()
+    c.data.shards = "runs/demo/tokens/train"
+    c.masking.mixture = "demo"
     c.batch_size = 32
     c.total_steps = 2000
     c.log_every = 25
-    c.optimizer = ml_collections.ConfigDict({
-        "base_lr": 1e-3, "warmup_steps": 100, "min_lr": 1e-5, "b1": 0.9, "b2": 0.95,
-        "weight_decay": 0.05, "clip_grad_norm": 1.0,
-    })
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    c.checkpoint = ml_collections.ConfigDict({"every_steps": 250, "keep": 2, "async_save": True})
+    c.optimizer.update(base_lr=1e-3, warmup_steps=100, min_lr=1e-5, clip_grad_norm=1.0)
+    c.checkpoint.update(every_steps=250, keep=2)
 
     if arg == "test":
         c.model.update(dim=32, encoder_depth=2, decoder_depth=2, num_heads=2)
