@@ -28,6 +28,25 @@ def test_no_decay_on_norms_and_biases():
     assert mask["mask_token"] is True and mask["embed"]["embedding"] is True
 
 
+def test_decay_mask_on_real_model_state():
+    from flax import nnx
+
+    from m4.modalities import ModalitySpec
+    from m4.model.configs import preset
+    from m4.model.fourm import FourM
+
+    specs = [ModalitySpec("rgb", "image", vocab_size=16, grid=(2, 2)),
+             ModalitySpec("caption", "sequence", vocab_size=20, length=8)]
+    cfg = preset("tiny", specs, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2)
+    params = nnx.state(nnx.eval_shape(lambda: FourM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    flat = {jax.tree_util.keystr(p): m for p, m in
+            jax.tree_util.tree_leaves_with_path(decay_mask(params))}
+    decayed = sorted(k for k, v in flat.items() if v)
+    kept = sorted(k for k, v in flat.items() if not v)
+    assert kept and all("norm" in k or "bias" in k for k in kept), kept
+    assert any("qkv" in k for k in decayed) and any("token_emb" in k for k in decayed)
+
+
 def test_non_finite_steps_are_skipped_and_counted():
     cfg = OptimizerConfig(base_lr=0.1 * 256 / 8, global_batch=8, warmup_steps=0, total_steps=10)
     tx = make_optimizer(cfg)

@@ -60,8 +60,9 @@ def _path_names(path: Sequence) -> list[str]:
 def decay_mask(params) -> object:
     """True where weight decay applies: everything but norms and biases (by parameter path)."""
     def decays(path, _leaf) -> bool:
-        names = [n.lower() for n in _path_names(path)]
-        return not any("norm" in n for n in names) and names[-1] not in ("bias", "b")
+        # nnx.State paths end in the Variable's `.value`; the parameter's own name comes before.
+        names = [n.lower() for n in _path_names(path) if n not in ("value", "raw_value")]
+        return not any("norm" in n for n in names) and not names[-1].endswith("bias")
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
