@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("m4.tokenizers.cli", "train and evaluate the per-modality tokenizers"),
     "pretokenize": ("m4.pretokenize", "tokenize a dataset into sharded token records (resumable)"),
     "train": ("m4.train.loop", "train a 4M model on token shards (single or multi-process)"),
+    "generate": ("m4.generate.cli", "any-to-any generation from a trained or converted model"),
     "convert": ("m4.convert.cli", "import reference (apple/ml-4m) checkpoints"),
 }
 

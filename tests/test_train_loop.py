@@ -73,6 +73,13 @@ def test_trained_model_loads_and_saves_back(token_dir, tmp_path):
     again = model_io.load_model(tmp_path / "saved")
     for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(again))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The loaded model runs, and computes what the trained state computes.
+    import jax.numpy as jnp
+
+    from m4.model.batch import random_batch
+    batch = jax.tree.map(jnp.asarray, random_batch(model.config, 2, 8, 8, seed=1))
+    np.testing.assert_allclose(np.asarray(model.loss(batch)[0]), np.asarray(again.loss(batch)[0]))
+    assert np.isfinite(float(model.loss(batch)[0]))
     with pytest.raises(model_io.ModelLoadError, match="no checkpoint at step 3"):
         model_io.load_model(tmp_path / "saved", step=3)
     with pytest.raises(model_io.ModelLoadError, match="no model_config.json"):

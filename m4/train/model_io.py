@@ -70,8 +70,14 @@ def load_model(directory: str | pathlib.Path, *, step: int | None = None,
     if step not in steps:
         raise ModelLoadError(f"{directory}: no checkpoint at step {step}; present: {steps}")
 
-    abstract_model = nnx.eval_shape(lambda: FourM(config, rngs=nnx.Rngs(0)))
-    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    def make():
+        return FourM(config, rngs=nnx.Rngs(0))
+
+    graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    # Non-parameter variables (the fixed sin-cos position tables) are not in the checkpoint:
+    # compute them. Under jit the parameter initialisers are dead code and never run.
+    with jax.set_mesh(mesh):
+        rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
     variables = dict(nnx.to_flat_state(params))                    # path -> abstract Variable
     shardings = dict(nnx.to_flat_state(parallel.state_shardings(params, mesh)))
     # Orbax stores each nnx Variable as {"value": array}: the template has the same nesting.
