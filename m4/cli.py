@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretokenize": ("m4.pretokenize", "tokenize a dataset into sharded token records (resumable)"),
     "train": ("m4.train.loop", "train a 4M model on token shards (single or multi-process)"),
     "generate": ("m4.generate.cli", "any-to-any generation from a trained or converted model"),
-    "convert": ("m4.convert.cli", "import reference (apple/ml-4m) checkpoints"),
+    "convert": ("m4.convert.cli", "import checkpoints of other implementations (apple/ml-4m)"),
 }
 
 # Runtime settings that make XLA on CPU fast (see benchmarks/). They must be in the environment

@@ -1,0 +1,331 @@
+"""Transformer building blocks, computing exactly what the reference 4M blocks compute.
+
+- LayerNorm with eps 1e-6 and an optional bias (the released models have none).
+- Attention written out by hand: float32 scores scaled after the product, masked keys set to
+  -finfo(float32).max (the reference's masked_fill value, so a row with no valid key is uniform,
+  never NaN), float32 softmax.
+- MLP: SwiGLU `fc2(silu(fc1 x) * fc3 x)` without biases, or fc2(gelu(fc1 x)) with biases (exact
+  erf GELU, as torch.nn.GELU).
+- Pre-norm encoder block; decoder block = self-attention, cross-attention, MLP.
+
+Weights are stored in the layout the einsums read (in-features first); heads are contiguous
+blocks of `head_dim` features, as the reference's reshape(B, N, 3, H, hd).
+Every Param carries logical axis names in `out_sharding` (see m4/parallel.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from m4.parallel import constrain
+
+NEG_INF = -float(np.finfo(np.float32).max)
+
+
+class PositionTable(nnx.Variable):
+    """A fixed (not trained) table, e.g. sin-cos positions; never seen by the optimizer."""
+
+
+def param(value: jax.Array, names: tuple) -> nnx.Param:
+    """A float32 parameter with logical axis names (sharding is applied later, by the caller)."""
+    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+def fixed(value, names: tuple) -> PositionTable:
+    return PositionTable(jnp.asarray(value, jnp.float32), out_sharding=tuple(names),
+                         eager_sharding=False)
+
+
+def uniform_init(key: jax.Array, shape: tuple, bound: float) -> jax.Array:
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def normal_init(key: jax.Array, shape: tuple, std: float = 0.02) -> jax.Array:
+    return std * jax.random.normal(key, shape, jnp.float32)
+
+
+def xavier_bound(fan_in: int, fan_out: int) -> float:
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+# -- sin-cos tables (float32, the reference formulas) -------------------------------------------
+
+def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+    """[length, dim]: [sin(n w_k), cos(n w_k)], w_k = temperature^(-k / (dim/2))."""
+    if dim % 2:
+        raise ValueError(f"sincos_1d: dim must be even, got {dim}")
+    half = dim // 2
+    omega = np.arange(half, dtype=np.float32) / np.float32(half)
+    omega = (1.0 / (np.float32(temperature) ** omega)).astype(np.float32)
+    out = np.einsum("n,d->nd", np.arange(length, dtype=np.float32), omega).astype(np.float32)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1).astype(np.float32)
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+    """[h*w, dim] for a row-major grid (p = row*w + col):
+    [sin(row w_k), cos(row w_k), sin(col w_k), cos(col w_k)], w_k = temperature^(-k / (dim/4)).
+
+    Equal to the reference's table for square grids (all of its grids); for non-square grids the
+    reference's flattening differs (it is only defined for its square token grids).
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d: dim must be a multiple of 4, got {dim}")
+    quarter = dim // 4
+    omega = np.arange(quarter, dtype=np.float32) / np.float32(quarter)
+    omega = (1.0 / (np.float32(temperature) ** omega)).astype(np.float32)
+    rows, cols = np.divmod(np.arange(h * w), w)
+    out_r = np.einsum("n,d->nd", rows.astype(np.float32), omega).astype(np.float32)
+    out_c = np.einsum("n,d->nd", cols.astype(np.float32), omega).astype(np.float32)
+    return np.concatenate([np.sin(out_r), np.cos(out_r), np.sin(out_c), np.cos(out_c)],
+                          axis=1).astype(np.float32)
+
+
+# -- matmuls with a compute dtype ----------------------------------------------------------------
+
+def dot(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """einsum with operands cast to the compute dtype and float32 accumulation/result."""
+    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def _canonical_t(a: jax.Array) -> jax.Array:
+    # A materialised transpose: the barrier keeps XLA from folding it back into the dot's
+    # dimension numbers, so the dot contracts the last dim of its left operand (the layout the
+    # fast CPU kernels take) instead of falling back to a slow path.
+    return jax.lax.optimization_barrier(jnp.transpose(a))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _matmul_fwd(x, w, dtype):
+    xc, wc = x.astype(dtype), w.astype(dtype)
+    return jnp.dot(xc, wc, preferred_element_type=jnp.float32), (xc, wc)
+
+
+def _matmul_bwd(dtype, residuals, g):
+    xc, wc = residuals                                        # [T, K], [K, N] compute dtype
+    gc = g.astype(dtype)                                      # [T, N]
+    dx = jnp.dot(gc, _canonical_t(wc), preferred_element_type=jnp.float32)   # [T, K]
+    dw = jnp.dot(_canonical_t(xc), gc, preferred_element_type=jnp.float32)   # [K, N]
+    return dx, dw
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def linear(x: jax.Array, w: jax.Array, dtype, contract: int = 1) -> jax.Array:
+    """x [..., K1..Kc] @ w [K1..Kc, N...]: the first `contract` dims of w meet the last ones of x.
+
+    Computed as one 2D matmul whose three dots (forward, input and weight gradients) all run in
+    the canonical layout, with operands in the compute dtype and float32 accumulation (custom
+    VJP). Plain autodiff of an einsum emits the weight gradient as x^T . g in a layout that XLA's
+    CPU kernels handle slowly, and would keep no dot in bfloat16 in the backward pass."""
+    k_shape, n_shape = w.shape[:contract], w.shape[contract:]
+    if x.shape[x.ndim - contract:] != k_shape:
+        raise ValueError(f"linear: input {x.shape} does not end with the weight's input dims "
+                         f"{k_shape}")
+    lead = x.shape[:x.ndim - contract]
+    k, n = int(np.prod(k_shape)), int(np.prod(n_shape))
+    y = _matmul(x.reshape(-1, k), w.reshape(k, n), jnp.dtype(dtype))
+    return y.reshape(*lead, *n_shape)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, *, eps: float, use_bias: bool):
+        self.eps = eps
+        self.scale = param(jnp.ones((dim,), jnp.float32), ("embed",))
+        self.bias = param(jnp.zeros((dim,), jnp.float32), ("embed",)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, dtype) -> jax.Array:
+    """Masked softmax attention.
+
+    q [B, Nq, H, hd], k/v [B, Nk, H, hd], allowed bool [B, Nq or 1, Nk] (True = may attend).
+    Returns [B, Nq, H, hd] float32.
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = dot("bqhd,bkhd->bhqk", q, k, dtype) * scale          # [B, H, Nq, Nk] f32
+    scores = jnp.where(allowed[:, None, :, :], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    return dot("bhqk,bkhd->bqhd", probs, v, dtype)
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, dim: int, heads: int, *, qkv_bias: bool, proj_bias: bool, dtype,
+                 rngs: nnx.Rngs):
+        hd = dim // heads
+        self.dtype = dtype
+        # Bound of the reference init: xavier with the fan of q, k and v taken separately.
+        self.qkv = param(uniform_init(rngs.params(), (dim, 3, heads, hd), xavier_bound(dim, dim)),
+                         ("embed", None, "heads", "kv"))
+        self.qkv_bias = (param(jnp.zeros((3, heads, hd)), (None, "heads", "kv"))
+                         if qkv_bias else None)
+        self.proj = param(uniform_init(rngs.params(), (heads, hd, dim), xavier_bound(dim, dim)),
+                          ("heads", "kv", "embed"))
+        self.proj_bias = param(jnp.zeros((dim,)), ("embed",)) if proj_bias else None
+
+    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+        qkv = linear(x, self.qkv[...], self.dtype)   # [B, N, 3, H, hd]
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias[...]
+        qkv = constrain(qkv, ("batch", "length", None, "heads", "kv"))
+        out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], allowed, self.dtype)
+        y = linear(out, self.proj[...], self.dtype, contract=2)
+        if self.proj_bias is not None:
+            y = y + self.proj_bias[...]
+        return y
+
+
+class CrossAttention(nnx.Module):
+    def __init__(self, dim: int, heads: int, *, qkv_bias: bool, proj_bias: bool, dtype,
+                 rngs: nnx.Rngs):
+        hd = dim // heads
+        self.dtype = dtype
+        self.q = param(uniform_init(rngs.params(), (dim, heads, hd), xavier_bound(dim, dim)),
+                       ("embed", "heads", "kv"))
+        self.kv = param(uniform_init(rngs.params(), (dim, 2, heads, hd), xavier_bound(dim, dim)),
+                        ("embed", None, "heads", "kv"))
+        self.q_bias = param(jnp.zeros((heads, hd)), ("heads", "kv")) if qkv_bias else None
+        self.kv_bias = param(jnp.zeros((2, heads, hd)), (None, "heads", "kv")) if qkv_bias else None
+        self.proj = param(uniform_init(rngs.params(), (heads, hd, dim), xavier_bound(dim, dim)),
+                          ("heads", "kv", "embed"))
+        self.proj_bias = param(jnp.zeros((dim,)), ("embed",)) if proj_bias else None
+
+    def __call__(self, x: jax.Array, context: jax.Array, allowed: jax.Array) -> jax.Array:
+        q = linear(x, self.q[...], self.dtype)
+        kv = linear(context, self.kv[...], self.dtype)
+        if self.q_bias is not None:
+            q = q + self.q_bias[...]
+            kv = kv + self.kv_bias[...]
+        q = constrain(q, ("batch", "length", "heads", "kv"))
+        kv = constrain(kv, ("batch", "length", None, "heads", "kv"))
+        out = attend(q, kv[:, :, 0], kv[:, :, 1], allowed, self.dtype)
+        y = linear(out, self.proj[...], self.dtype, contract=2)
+        if self.proj_bias is not None:
+            y = y + self.proj_bias[...]
+        return y
+
+
+class Mlp(nnx.Module):
+    def __init__(self, dim: int, hidden: int, *, kind: str, use_bias: bool, dtype,
+                 rngs: nnx.Rngs):
+        self.kind = kind
+        self.dtype = dtype
+        bound = xavier_bound(dim, hidden)
+        self.fc1 = param(uniform_init(rngs.params(), (dim, hidden), bound), ("embed", "mlp"))
+        self.fc2 = param(uniform_init(rngs.params(), (hidden, dim), bound), ("mlp", "embed"))
+        self.fc3 = (param(uniform_init(rngs.params(), (dim, hidden), bound), ("embed", "mlp"))
+                    if kind == "swiglu" else None)
+        self.fc1_bias = param(jnp.zeros((hidden,)), ("mlp",)) if use_bias else None
+        self.fc2_bias = param(jnp.zeros((dim,)), ("embed",)) if use_bias else None
+        self.fc3_bias = (param(jnp.zeros((hidden,)), ("mlp",))
+                         if use_bias and kind == "swiglu" else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = linear(x, self.fc1[...], self.dtype)
+        if self.fc1_bias is not None:
+            h = h + self.fc1_bias[...]
+        if self.kind == "swiglu":
+            g = linear(x, self.fc3[...], self.dtype)
+            if self.fc3_bias is not None:
+                g = g + self.fc3_bias[...]
+            h = jax.nn.silu(h) * g
+        else:
+            h = jax.nn.gelu(h, approximate=False)
+        h = constrain(h, ("batch", "length", "mlp"))
+        y = linear(h, self.fc2[...], self.dtype)
+        if self.fc2_bias is not None:
+            y = y + self.fc2_bias[...]
+        return y
+
+
+def _block_kwargs(config):
+    return dict(qkv_bias=config.qkv_bias, proj_bias=config.proj_bias,
+                dtype=jnp.dtype(config.dtype))
+
+
+class EncoderBlock(nnx.Module):
+    """x += attn(norm1 x); x += mlp(norm2 x)."""
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        d, eps, nb = config.dim, config.norm_eps, config.norm_bias
+        self.norm1 = LayerNorm(d, eps=eps, use_bias=nb)
+        self.attn = SelfAttention(d, config.num_heads, **_block_kwargs(config), rngs=rngs)
+        self.norm2 = LayerNorm(d, eps=eps, use_bias=nb)
+        self.mlp = Mlp(d, config.mlp_hidden, kind=config.mlp, use_bias=config.mlp_bias,
+                       dtype=jnp.dtype(config.dtype), rngs=rngs)
+
+    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x), allowed)
+        x = x + self.mlp(self.norm2(x))
+        return constrain(x, ("batch", "length", "embed"))
+
+
+class DecoderBlock(nnx.Module):
+    """y += self_attn(norm1 y); y += cross_attn(query_norm y, context_norm c); y += mlp(norm2 y)."""
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        d, eps, nb = config.dim, config.norm_eps, config.norm_bias
+        self.norm1 = LayerNorm(d, eps=eps, use_bias=nb)
+        self.self_attn = SelfAttention(d, config.num_heads, **_block_kwargs(config), rngs=rngs)
+        self.query_norm = LayerNorm(d, eps=eps, use_bias=nb)
+        self.context_norm = LayerNorm(d, eps=eps, use_bias=nb)
+        self.cross_attn = CrossAttention(d, config.num_heads, **_block_kwargs(config), rngs=rngs)
+        self.norm2 = LayerNorm(d, eps=eps, use_bias=nb)
+        self.mlp = Mlp(d, config.mlp_hidden, kind=config.mlp, use_bias=config.mlp_bias,
+                       dtype=jnp.dtype(config.dtype), rngs=rngs)
+
+    def __call__(self, y: jax.Array, context: jax.Array, self_allowed: jax.Array,
+                 cross_allowed: jax.Array) -> jax.Array:
+        y = y + self.self_attn(self.norm1(y), self_allowed)
+        y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), cross_allowed)
+        y = y + self.mlp(self.norm2(y))
+        return constrain(y, ("batch", "length", "embed"))
+
+
+def stacked(make_block, depth: int, rngs: nnx.Rngs):
+    """`depth` blocks whose parameters are stacked on a leading 'layers' axis."""
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(r):
+        return make_block(r)
+
+    return make(rngs)
+
+
+def run_stacked(blocks, x: jax.Array, consts: tuple, *, scan: bool, remat: str) -> jax.Array:
+    """Applies stacked blocks in order: a lax.scan over the 'layers' axis (unrolled unless
+    `scan`), each block optionally rematerialised."""
+    graphdef, state = nnx.split(blocks)
+    depth = jax.tree.leaves(state)[0].shape[0]
+
+    def body(carry, layer_state):
+        block = nnx.merge(graphdef, layer_state)
+        return block(carry, *consts), None
+
+    if remat == "full":
+        body = jax.checkpoint(body, prevent_cse=False)
+    elif remat == "dots":
+        body = jax.checkpoint(body, prevent_cse=False,
+                              policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    x, _ = jax.lax.scan(body, x, state, unroll=1 if scan else depth)
+    return x
