@@ -10,7 +10,7 @@ fp32 master weights. The reference initialises 4M-21 from 4M-7 (use `m4 convert`
 
 from __future__ import annotations
 
-from m4.train.defaults import steps_for_tokens, train_config
+from m4.train.defaults import reference_recipe
 
 MODALITIES = (
     "rgb@224", "tok_rgb@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224",
@@ -24,25 +24,9 @@ RECIPES = {
     "L": (4096, 1e-4, 0.0, "full"),
     "XL": (4096, 2e-5, 3.0, "full"),
 }
-SIZES = {"B": "base", "L": "large", "XL": "xl"}
 
 
 def get_config(arg: str = "B"):
-    if arg not in RECIPES:
-        raise ValueError(f"experiments/fourm21.py: size expected one of {list(RECIPES)}, got {arg!r}")
-    batch, base_lr, clip, remat = RECIPES[arg]
-    c = train_config()
-    c.modalities = MODALITIES
-    c.model.update(size=SIZES[arg], dtype="bfloat16", remat=remat,
-                   share_modality_embeddings=False)
-    c.masking.update(mixture="4m21", input_tokens=256, target_tokens=256)
-    tokens_per_sample = 512
-    c.batch_size = batch
-    c.total_steps = steps_for_tokens(500e9, batch, tokens_per_sample)
-    c.optimizer.update(base_lr=base_lr, warmup_steps=steps_for_tokens(10e9, batch, tokens_per_sample),
-                       min_lr=0.0, clip_grad_norm=clip)
-    c.log_every = 100
-    c.checkpoint.update(every_steps=5000, keep=3)
-    if arg in ("L", "XL"):
-        c.mesh.update(data=-1, fsdp=8 if arg == "XL" else 4, tensor=1)
-    return c
+    return reference_recipe(arg, RECIPES, modalities=MODALITIES, mixture="4m21", budget=256,
+                            fsdp={"L": 4, "XL": 8}, where="experiments/fourm21.py",
+                            share_modality_embeddings=False)

@@ -48,3 +48,31 @@ def train_config() -> ml_collections.ConfigDict:
 def steps_for_tokens(tokens: float, batch_size: int, tokens_per_sample: int) -> int:
     """The reference counts training in tokens (input + target budget per sample)."""
     return max(1, round(tokens / (batch_size * tokens_per_sample)))
+
+
+# The reference's pre-training schedule (REFERENCE_4M.md section 8), counted in tokens.
+REFERENCE_TOTAL_TOKENS = 500e9
+REFERENCE_WARMUP_TOKENS = 10e9
+REFERENCE_SIZES = {"B": "base", "L": "large", "XL": "xl"}
+
+
+def reference_recipe(size: str, recipes: dict, *, modalities, mixture: str, budget: int,
+                     fsdp: dict[str, int], where: str, **model) -> ml_collections.ConfigDict:
+    """A reference pre-training recipe: `recipes[size]` = (global batch, base lr, clip, remat);
+    `budget` input and as many target tokens per sample; `fsdp[size]` (default 1) shards
+    parameters; `model` sets further model fields (e.g. share_modality_embeddings)."""
+    if size not in recipes:
+        raise ValueError(f"{where}: size expected one of {list(recipes)}, got {size!r}")
+    batch, base_lr, clip, remat = recipes[size]
+    c = train_config()
+    c.modalities = tuple(modalities)
+    c.model.update(size=REFERENCE_SIZES[size], dtype="bfloat16", remat=remat, **model)
+    c.masking.update(mixture=mixture, input_tokens=budget, target_tokens=budget)
+    c.batch_size = batch
+    c.total_steps = steps_for_tokens(REFERENCE_TOTAL_TOKENS, batch, 2 * budget)
+    c.optimizer.update(base_lr=base_lr, min_lr=0.0, clip_grad_norm=clip,
+                       warmup_steps=steps_for_tokens(REFERENCE_WARMUP_TOKENS, batch, 2 * budget))
+    c.log_every = 100
+    c.checkpoint.update(every_steps=5000, keep=3)
+    c.mesh.update(data=-1, fsdp=fsdp.get(size, 1), tensor=1)
+    return c
