@@ -20,6 +20,9 @@ def get_config(arg: str | None = None):
     c.log_every = 25
     c.optimizer.update(base_lr=1e-3, warmup_steps=100, min_lr=1e-5, clip_grad_norm=1.0)
     c.checkpoint.update(every_steps=250, keep=2)
+    # Unrolled blocks: at tiny size on CPU faster per step than the layer scan (the model's
+    # default, kept for big models' compile time); see benchmarks/train_step.py.
+    c.model.scan_layers = False
 
     if arg == "test":
         c.model.update(dim=32, encoder_depth=2, decoder_depth=2, num_heads=2)

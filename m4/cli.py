@@ -26,8 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # Runtime settings that make XLA on CPU fast (see benchmarks/). They must be in the environment
 # before the process starts (glibc reads its tunables at start-up), so the entry point re-executes
 # itself once with them set. Users' own values win.
+# - glibc.malloc.hugetlb=1: malloc keeps XLA's large buffers on huge pages instead of returning
+#   and re-faulting them every step (~0.3 s of kernel time per step with the default allocator).
+# - the memory-optimized XLA CPU scheduler: -15% peak RSS (3.18 -> 2.67 GB, tiny, batch 8), no
+#   slower. Appended to a user's own XLA_FLAGS (a flag the user already set is left alone).
+_FAST_XLA_FLAGS = ("--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",)
+_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 RUNTIME_ENV = {
-    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+    "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"),
+    "XLA_FLAGS": " ".join([_USER_XLA_FLAGS, *(f for f in _FAST_XLA_FLAGS
+                                              if f.split("=")[0] not in _USER_XLA_FLAGS)]).strip(),
 }
 _REEXEC_MARK = "M4_RUNTIME_ENV_SET"
 
@@ -67,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry_point() -> None:
     """Console-script entry: set the runtime environment once, then run `main`."""
-    missing = {k: v for k, v in RUNTIME_ENV.items() if k not in os.environ}
-    if missing and _REEXEC_MARK not in os.environ:
-        env = dict(os.environ, **missing, **{_REEXEC_MARK: "1"})
+    # RUNTIME_ENV already keeps the user's values (and appends to their XLA_FLAGS): re-execute
+    # only when the environment differs from it, and at most once.
+    changed = {k: v for k, v in RUNTIME_ENV.items() if os.environ.get(k) != v}
+    if changed and _REEXEC_MARK not in os.environ:
+        env = dict(os.environ, **changed, **{_REEXEC_MARK: "1"})
         os.execve(sys.executable, [sys.executable, "-m", "m4.cli", *sys.argv[1:]], env)
     sys.exit(main())
 
