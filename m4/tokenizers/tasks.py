@@ -38,7 +38,7 @@ def class_weights(labels: np.ndarray, num_classes: int, weighting: str) -> np.nd
     if weighting != "sqrt_inverse_frequency":
         raise ValueError(f"loss.class_weighting must be 'none' or 'sqrt_inverse_frequency', "
                          f"got {weighting!r}")
-    sample = np.asarray(labels[: min(len(labels), 4096)]).reshape(-1)
+    sample = np.asarray(labels[: min(len(labels), 4096)]).reshape(-1).astype(np.int64)
     freq = np.bincount(sample, minlength=num_classes)[:num_classes] / max(sample.size, 1)
     w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
     w = np.where(freq > 0, w, w.max())
