@@ -251,3 +251,35 @@ def test_batch_not_divisible_by_devices_is_refused(cache, tmp_path):
                              str(tmp_path / "w"), cache], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode != 0 and "train.batch_size=8 must be a multiple" in result.stderr
+
+
+def test_wall_time_budget_ends_training(cache, tmp_path):
+    cfg = _config("features", f"data.cache_dir={cache}", "train.num_steps=100000",
+                  "train.max_minutes=0.002")
+    train(cfg, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert 1 <= summary["steps"] < 100000
+
+
+def test_learning_rate_schedule():
+    from m4.tokenizers.train import _learning_rate
+
+    tc = _config("rgb").train
+    assert _learning_rate(tc, 0, 0.0) == pytest.approx(tc.lr / tc.warmup_steps)
+    assert _learning_rate(tc, tc.warmup_steps, 0.0) == pytest.approx(tc.lr)
+    assert _learning_rate(tc, 10**6, 1.0) == pytest.approx(tc.lr * tc.min_lr_ratio)
+    mid = _learning_rate(tc, 10**6, 0.5)
+    assert tc.lr * tc.min_lr_ratio < mid < tc.lr
+
+
+def test_class_weights_favour_rare_classes():
+    from m4.tokenizers.tasks import class_weights
+
+    labels = np.zeros((1, 10, 10), np.uint8)
+    labels[0, 0, :4] = 1
+    w = class_weights(labels, 3, "sqrt_inverse_frequency")
+    freq = np.asarray([0.96, 0.04, 0.0])
+    assert w[1] > w[0] and w[2] == w.max()
+    assert float((w * freq).sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="class_weighting"):
+        class_weights(labels, 3, "inverse")

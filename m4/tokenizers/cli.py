@@ -37,12 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     command = getattr(args, "tokenizer_command", None)
-    if command == "train":
-        return _train(args)
-    if command == "eval":
-        return _eval(args)
-    print("usage: m4 tokenizer <train|eval> ... (see m4 tokenizer --help)", file=sys.stderr)
-    return 2
+    if command not in ("train", "eval"):
+        print("usage: m4 tokenizer <train|eval> ... (see m4 tokenizer --help)", file=sys.stderr)
+        return 2
+    try:
+        return _train(args) if command == "train" else _eval(args)
+    except ValueError as e:
+        # Bad configs, artifacts, checkpoints or inputs: every such error in m4 is a ValueError
+        # whose message names the field, the expected and the received value.
+        print(f"m4 tokenizer {command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _train(args) -> int:

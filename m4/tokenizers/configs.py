@@ -112,7 +112,7 @@ def poses_config(arg: str | None = None) -> ml_collections.ConfigDict:
         kind="vq", codebook_size=1024, latent_dim=32, decay=0.99, commitment_weight=0.25,
         dead_code_coef=32.0, levels=(8, 5, 5, 5)))
     config.loss = ml_collections.ConfigDict(dict(kind="pose", beta=0.02, visibility_weight=0.1))
-    config.train = _train(batch_size=256, num_steps=6000, lr=2e-3, warmup_steps=200,
+    config.train = _train(batch_size=256, num_steps=4000, lr=2e-3, warmup_steps=200,
                           eval_every=1000, checkpoint_every=1000)
     if arg == "tiny":
         config.data.scene = dict(resolution=32, feature_patch=8)

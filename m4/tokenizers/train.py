@@ -144,13 +144,13 @@ def train(config, workdir: str | pathlib.Path, *, progress: bool = True) -> path
     # -------------------------------------------------------------------------- 6. export
     if not final_metrics:  # resumed a finished run: evaluate once more for the summary
         final_metrics = evaluator.run(state)
-    model = nnx.merge(graphdef, state["ema"], state["stats"])
     out = workdir / ARTIFACT_DIR
-    spec = artifact.save_model_artifact(out, config, spec, model)
-    summary = {"modality": config.modality, "steps": step,
-               "elapsed_min": round((elapsed0 + time.perf_counter() - start) / 60.0, 3),
-               "devices": n_dev, "eval": final_metrics, "content_hash": spec.content_hash}
-    if is_main:
+    if is_main:  # the state is replicated: one process writes the artifact
+        model = nnx.merge(graphdef, state["ema"], state["stats"])
+        spec = artifact.save_model_artifact(out, config, spec, model)
+        summary = {"modality": config.modality, "steps": step,
+                   "elapsed_min": round((elapsed0 + time.perf_counter() - start) / 60.0, 3),
+                   "devices": n_dev, "eval": final_metrics, "content_hash": spec.content_hash}
         (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     writer.close()
     ckpt.close()
