@@ -186,6 +186,15 @@ class _ModelTokenizer:
     def _merged(self, state):
         return nnx.merge(self._graphdef, state)
 
+    def encode(self, x) -> np.ndarray:
+        x = self.spec.validate(x)
+        return np.concatenate(_chunked(lambda a: self._encode(self._state, a), x, self.chunk))
+
+    def decode(self, tokens) -> np.ndarray:
+        tokens = self._check_tokens(tokens)
+        return np.concatenate(_chunked(lambda t: self._decode(self._state, t), tokens,
+                                       self.chunk))
+
     def _check_tokens(self, tokens) -> np.ndarray:
         tokens = np.asarray(tokens)
         expected = f"[B, {', '.join(map(str, self.token_shape))}]"
@@ -222,15 +231,6 @@ class ImageTokenizer(_ModelTokenizer):
 
         self._encode, self._decode = encode, decode
 
-    def encode(self, x) -> np.ndarray:
-        x = self.spec.validate(x)
-        return np.concatenate(_chunked(lambda a: self._encode(self._state, a), x, self.chunk))
-
-    def decode(self, tokens) -> np.ndarray:
-        tokens = self._check_tokens(tokens)
-        return np.concatenate(_chunked(lambda t: self._decode(self._state, t), tokens,
-                                       self.chunk))
-
 
 class PoseTokenizer(_ModelTokenizer):
     """poses [B, F, J, 3] (x, y, visible) <-> int32 [B, F * tokens_per_figure]; id 0 = absent."""
@@ -253,12 +253,3 @@ class PoseTokenizer(_ModelTokenizer):
             return jnp.where(present[..., None, None], poses, 0.0)
 
         self._encode, self._decode = encode, decode
-
-    def encode(self, x) -> np.ndarray:
-        x = self.spec.validate(x)
-        return np.concatenate(_chunked(lambda a: self._encode(self._state, a), x, self.chunk))
-
-    def decode(self, tokens) -> np.ndarray:
-        tokens = self._check_tokens(tokens)
-        return np.concatenate(_chunked(lambda t: self._decode(self._state, t), tokens,
-                                       self.chunk))
