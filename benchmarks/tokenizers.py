@@ -62,8 +62,12 @@ def main(argv=None) -> int:
 
     workdir = pathlib.Path(args.workdir)
     cache = workdir / "scene_cache"   # one render of the training scenes for all modalities
+    report_path = workdir / "report.json"
+    # Results accumulate over runs, so a benchmark that was interrupted can be finished with
+    # --only <the rest> (a tokenizer's training resumes from its last checkpoint).
+    previous = json.loads(report_path.read_text()) if report_path.exists() else {}
     report = {"cpus": os.cpu_count(), "minutes_per_image_tokenizer": args.minutes,
-              "n_eval": args.n, "results": {}}
+              "n_eval": args.n, "results": previous.get("results", {})}
     for modality in args.only:
         run_dir = workdir / modality
         spec = str(REPO / "tokenizers" / f"{modality}.py")
@@ -80,7 +84,9 @@ def main(argv=None) -> int:
             train(config, run_dir)
             entry["train_minutes"] = round((time.perf_counter() - t0) / 60.0, 2)
             entry["load_after"] = os.getloadavg()[0]
-            summary = json.loads((run_dir / "train_summary.json").read_text())
+        summary_file = run_dir / "train_summary.json"
+        if summary_file.exists():
+            summary = json.loads(summary_file.read_text())
             entry["train_steps"] = summary.get("steps")
             entry["loop_minutes"] = summary.get("elapsed_min")
         tokenizer = load(run_dir)
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
         print(f"{modality}: {metric} = {metrics[metric]:.4g} (target {op} {bar}), "
               f"codebook_usage = {metrics.get('codebook_usage', float('nan')):.3f} -> "
               f"{'PASS' if ok else 'FAIL'}", flush=True)
-    (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({m: {k: e[k] for k in ("metric", "value", "target", "passed")}
                       for m, e in report["results"].items()}, indent=2))
     return 0 if all(e["passed"] for e in report["results"].values()) else 1
