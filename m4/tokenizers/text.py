@@ -59,6 +59,27 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, num_sentinels:
     return writer.getvalue()
 
 
+def text_rows(tokens, modality: str, vocab_size: int, *, eos: int,
+              skip: tuple[int, ...]) -> list[list[int]]:
+    """Checks ids to decode (int [B, L] in [0, vocab_size)) and returns each row cut at its
+    first `eos`, without the `skip` ids: what every text tokenizer's decode starts from."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise TokenizerInputError(
+            f"{modality} tokenizer: decode input: expected integer ids [B, L], received "
+            f"{tokens.dtype} {list(tokens.shape)}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise TokenizerInputError(
+            f"{modality} tokenizer: decode input ids: expected values in "
+            f"[0, {vocab_size}), received [{tokens.min()}, {tokens.max()}]")
+    rows = []
+    for row in tokens.tolist():
+        if eos in row:
+            row = row[:row.index(eos)]
+        rows.append([t for t in row if t not in skip])
+    return rows
+
+
 class TextTokenizer:
     """SentencePiece ids with the special-id layout above; encode/decode like every tokenizer."""
 
@@ -129,18 +150,6 @@ class TextTokenizer:
 
     def decode(self, tokens) -> list[str]:
         """int [B, L] ids -> texts (stops at [EOS], skips [PAD], keeps sentinels as [S_i])."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise TokenizerInputError(
-                f"{self.modality} tokenizer: decode input: expected integer ids [B, L], received "
-                f"{tokens.dtype} {list(tokens.shape)}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise TokenizerInputError(
-                f"{self.modality} tokenizer: decode input ids: expected values in "
-                f"[0, {self.vocab_size}), received [{tokens.min()}, {tokens.max()}]")
-        texts = []
-        for row in tokens.tolist():
-            if EOS_ID in row:
-                row = row[:row.index(EOS_ID)]
-            texts.append(self._sp.decode([t for t in row if t not in (PAD_ID, SOS_ID)]))
-        return texts
+        rows = text_rows(tokens, self.modality, self.vocab_size, eos=EOS_ID,
+                         skip=(PAD_ID, SOS_ID))
+        return [self._sp.decode(row) for row in rows]

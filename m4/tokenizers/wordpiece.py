@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from m4.tokenizers.spec import PreprocessSpec, TokenizerInputError
+from m4.tokenizers.text import text_rows
 
 # The reference's special tokens, in id order; the sentinels follow them.
 CONTROL_TOKENS = ("[PAD]", "[UNK]", "[SOS]", "[EOS]")
@@ -233,21 +234,8 @@ class WordPieceTokenizer:
     def decode(self, tokens) -> list[str]:
         """int [B, L] ids -> texts: stops at [EOS], skips [PAD] and [SOS], joins "##" pieces,
         writes sentinels as "[S_i]" (and [UNK] as "[UNK]")."""
-        tokens = np.asarray(tokens)
-        name = f"{self.modality} tokenizer"
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise TokenizerInputError(f"{name}: decode input: expected integer ids [B, L], "
-                                      f"received {tokens.dtype} {list(tokens.shape)}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise TokenizerInputError(
-                f"{name}: decode input ids: expected values in [0, {self.vocab_size}), received "
-                f"[{tokens.min()}, {tokens.max()}]")
-        texts = []
-        for row in tokens.tolist():
-            if self.EOS_ID in row:
-                row = row[:row.index(self.EOS_ID)]
-            row = [t for t in row if t not in (self.PAD_ID, self.SOS_ID)]
-            # skip_special_tokens=False keeps sentinels, [UNK] and the reference's coordinate
-            # and class tokens in the text; [PAD]/[SOS] were removed above.
-            texts.append(self._hf.decode(row, skip_special_tokens=False))
-        return texts
+        rows = text_rows(tokens, self.modality, self.vocab_size, eos=self.EOS_ID,
+                         skip=(self.PAD_ID, self.SOS_ID))
+        # skip_special_tokens=False keeps sentinels, [UNK] and the reference's coordinate and
+        # class tokens in the text; [PAD]/[SOS] are already removed.
+        return [self._hf.decode(row, skip_special_tokens=False) for row in rows]
