@@ -34,8 +34,6 @@ from m4.data.span_masking import SentinelSpec
 from m4.modalities import ModalitySpec
 
 MANIFEST_FORMAT = "m4-token-shards/1"
-# Scene indices of the built-in validation split start here (as the TFDS builder's).
-VALIDATION_START = 1_000_000_000
 
 
 class PretokenizeError(ValueError):
@@ -127,7 +125,7 @@ def open_source(spec: str, *, split: str = "train", n: int | None = None, seed: 
         if n is None:
             raise PretokenizeError("--data scenes needs --n (how many scenes)")
         cfg = scenes.SceneConfig(resolution=resolution)
-        start = VALIDATION_START if split == "validation" else 0
+        start = scenes.VALIDATION_START if split == "validation" else 0
 
         class _Scenes:
             def __len__(self):

@@ -78,6 +78,11 @@ DEPTH_MAX = math.ceil(100 * (CAMERA_HEIGHT * math.sin(math.radians(CAMERA_PITCH_
                              + WALL_Z * math.cos(math.radians(CAMERA_PITCH_DEG)))) / 100
 
 
+# The built-in validation split: scenes from this index on (same seed), so it never overlaps a
+# training range and does not change when the training set grows. TFDS and pretokenize share it.
+VALIDATION_START = 1_000_000_000
+
+
 class SceneConfigError(ValueError):
     pass
 

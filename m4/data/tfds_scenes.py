@@ -55,7 +55,7 @@ from m4.data import raw_checks, scenes
 NAME = "m4_scenes"
 SPLITS = ("train", "validation")
 # First scene index of the validation split (train uses 0 .. num_train-1).
-VALIDATION_START = 1_000_000_000
+VALIDATION_START = scenes.VALIDATION_START
 
 
 class TfdsScenesError(ValueError):
