@@ -212,3 +212,11 @@ def test_step_guided_flag():
     assert not Step("d", "maskgit", 3, 1.0).guided
     assert not Step("d", "maskgit", 3, 1.0, ((("rgb",), 1.0),)).guided
     assert Step("d", "maskgit", 3, 1.0, ((("rgb",), 0.0),)).guided
+
+
+def test_cosine_schedule_with_few_tokens_never_goes_negative():
+    # The reference's rounded differences overshoot for 16 tokens in 8 steps ([.., 2, -1]).
+    for total in range(8, 80):
+        counts = cosine_schedule(8, total)
+        assert counts.min() >= 0 and counts.sum() == total, (total, counts)
+    assert cosine_schedule(8, 16).tolist() == [1, 1, 3, 3, 3, 3, 1, 1]

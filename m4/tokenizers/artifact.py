@@ -150,7 +150,9 @@ def load(path: str | pathlib.Path):
                             f"computed {actual[:12]}): the artifact was modified or damaged")
     if spec.kind == "text":
         return text_lib.TextTokenizer(payload, spec, config, path)
-    model = build_model(config, spec, nnx.Rngs(0))
+    # Built abstractly (shapes only): random initialisation would cost seconds per tokenizer
+    # on a CPU, only to be overwritten by the weights.
+    model = nnx.eval_shape(lambda: build_model(config, spec, nnx.Rngs(0)))
     load_flat_state(model, load_file(str(path / WEIGHTS_FILE)), str(path))
     cls = ImageTokenizer if spec.kind == "image" else PoseTokenizer
     return cls(model, spec, config, path)
