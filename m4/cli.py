@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretokenize": ("m4.pretokenize", "tokenize a dataset into sharded token records (resumable)"),
     "train": ("m4.train.loop", "train a 4M model on token shards (single or multi-process)"),
     "generate": ("m4.generate.cli", "any-to-any generation from a trained or converted model"),
+    "eval": ("m4.eval.cli", "the any-to-any evaluation matrix on held-out built-in scenes"),
     "convert": ("m4.convert.cli", "import checkpoints of other implementations (apple/ml-4m)"),
 }
 

@@ -1,0 +1,56 @@
+"""`m4 demo` end to end at test size (`--recipe tiny`): every stage, then a resume that skips all.
+
+The full recipe is the README's main job (~30 min); the tiny one runs the same code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+STAGES = ("preview", "tokenizers", "pretokenize", "train", "generations", "eval")
+
+
+def _demo(workdir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "m4.cli", "demo", "--workdir", str(workdir),
+                           "--recipe", "tiny", "--quiet", *extra],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_demo_runs_every_stage_then_resumes(tmp_path):
+    workdir = tmp_path / "demo"
+    first = _demo(workdir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for name in STAGES:
+        assert (workdir / "stages" / f"{name}.done").exists(), name
+    for name in ("preview.png", "generations.png", "eval.png"):
+        with Image.open(workdir / name) as img:
+            assert img.size[0] > 100 and img.size[1] > 100, name
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["settings"]["n"] == 4
+    marker = json.loads((workdir / "stages" / "eval.done").read_text())
+    assert "rgb->depth" in marker["headline"]
+    assert (workdir / "model" / "model_config.json").exists()
+    for modality in ("rgb", "depth", "normals", "semseg", "features", "caption", "poses"):
+        assert (workdir / "tokenizers" / modality / "tokenizer" / "spec.json").exists(), modality
+
+    again = _demo(workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done already") == len(STAGES)
+
+
+def test_demo_refuses_a_workdir_of_another_recipe(tmp_path):
+    workdir = tmp_path / "demo"
+    (workdir / "stages").mkdir(parents=True)
+    (workdir / "stages" / "recipe.json").write_text(json.dumps({"recipe": "full"}))
+    out = _demo(workdir, "--only", "preview")
+    assert out.returncode != 0
+    assert "--recipe full, not tiny" in out.stderr
