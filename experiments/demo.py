@@ -19,6 +19,10 @@ def get_config(arg: str | None = None):
     # width 256 and 64 input / 64 target tokens per scene (a 64x64 scene is 6 x 64 image tokens
     # + 16 pose tokens + the caption; rgb -> X conditions on all 64 rgb tokens).
     c.model.update(dim=256, encoder_depth=4, decoder_depth=4, num_heads=4)
+    # Input-token embeddings start at std 1 (the reference: 0.02): measured on the demo's data,
+    # the loss of semseg from rgb vs from another scene's rgb after 500 steps: 0.444 vs 0.540
+    # (0.491 vs 0.497 with 0.02, i.e. inputs still ignored).
+    c.model.input_token_init_std = 1.0
     c.masking.update(input_tokens=64, target_tokens=64)
     c.batch_size = 64
     c.total_steps = 1200

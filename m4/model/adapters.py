@@ -125,7 +125,8 @@ class EncoderEmbedding(nnx.Module):
         self.dtype = jnp.dtype(config.dtype)
         on_side = tuple(s.input for s in specs)
         self.positions = PositionTables(specs, on_side, dim, rngs)
-        self.token_emb = (param(normal_init(rngs.params(), (vocab.size, dim)),
+        self.token_emb = (param(normal_init(rngs.params(), (vocab.size, dim),
+                                            config.input_token_init_std),
                                 ("vocab", "embed")) if vocab.size else None)
         self.is_token = tuple(s.is_token for s in specs)
         self.continuous = tuple(i for i, s in enumerate(specs) if s.input and s.is_continuous)

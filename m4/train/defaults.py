@@ -25,7 +25,7 @@ def train_config() -> ml_collections.ConfigDict:
         # Any FourMConfig field may be set here; None keeps the preset's value.
         "dim": None, "encoder_depth": None, "decoder_depth": None, "num_heads": None,
         "dtype": None, "remat": None, "scan_layers": None, "logits": None,
-        "share_modality_embeddings": None, "tie_logits": None,
+        "share_modality_embeddings": None, "tie_logits": None, "input_token_init_std": None,
     })
     c.masking = ml_collections.ConfigDict({
         "mixture_file": str(EXPERIMENTS / "mixtures.py"), "mixture": "demo",
