@@ -113,7 +113,7 @@ def evaluate(workdir: pathlib.Path, recipe: Recipe, args: argparse.Namespace) ->
     model, toks = _model_and_tokenizers(workdir)
     report = eval_lib.evaluate_matrix(model, toks, n=recipe.eval_scenes, seed=args.seed,
                                       batch_size=recipe.eval_batch, resolution=recipe.resolution,
-                                      progress=not args.quiet)
+                                      modalities=recipe.eval_modalities, progress=not args.quiet)
     paths = eval_lib.write_report(report, workdir)
     print(eval_lib.summary_table(report), flush=True)
     return {k: str(v) for k, v in paths.items()} | {"headline": headline(report)}
