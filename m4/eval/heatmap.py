@@ -72,7 +72,7 @@ def render_heatmap(result: dict, *, cell_w: int = 132, cell_h: int = 58) -> Imag
     primary = result["primary"]
     resolution = result["settings"]["scenes"]["config"]["resolution"]
     big, small, title_font = (ImageFont.load_default(size=s) for s in (18, 12, 15))
-    label_w, header_h, top = 120, 50, 52
+    label_w, header_h, top = 120, 58, 52
     baselines = result.get("baselines", {})
     footer_h = 22 * (1 + len(baselines))
     width = label_w + cell_w * len(targets) + 10
@@ -81,11 +81,13 @@ def render_heatmap(result: dict, *, cell_w: int = 132, cell_h: int = 58) -> Imag
     draw = ImageDraw.Draw(img)
 
     s = result["settings"]
-    steps = "default" if s.get("steps") is None else s["steps"]
+    steps = "default (8)" if s.get("steps") is None else s["steps"]
+    temperature = "default" if s.get("temperature") is None else s["temperature"]
     draw.text((8, 6), "m4 eval: target (columns) generated from input (rows)",
               fill="black", font=title_font)
     draw.text((8, 28), f"{s['n']} held-out scenes at {resolution}x{resolution}, MaskGIT steps "
-                       f"{steps}, seed {s['seed']}; colour: red = bad .. green = good",
+                       f"{steps}, temperature {temperature}, seed {s['seed']}; "
+                       f"colour: red = bad .. green = good",
               fill=(80, 80, 80), font=small)
     for j, t in enumerate(targets):
         x = label_w + j * cell_w

@@ -1,7 +1,7 @@
 """The any-to-any evaluation matrix: every target generated from each single input and from all
 the other modalities together, scored against the exact ground truth of held-out scenes.
 
-    result = evaluate_matrix(model, tokenizers, n=256, seed=0, batch_size=64)
+    result = evaluate_matrix(model, tokenizers, n=256, seed=0)
     result["cells"]["rgb"]["depth"]["value"]          # delta1 of rgb -> depth
     result["cells"][ALL_OTHERS]["caption"]["value"]   # attribute F1 of everything else -> caption
 
