@@ -118,6 +118,7 @@ def run_one(batch: int, dtype: str, steps: int, model_overrides: dict | None = N
     with jax.set_mesh(mesh):
         compiled = train_step.jitted.lower(state, device_batches[0]).compile()
     compile_s = time.perf_counter() - t
+    step_lib.release_freed_memory()     # as train_step's first call does
     flops = model_flops(cfg, batches)
 
     state, m = train_step(state, device_batches[0])   # warm-up (allocator, caches)

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from m4.data.span_masking import SentinelSpec
+from m4.generate import sampler as sampler_lib
 from m4.generate.sampler import Sampler, _apply_passes, example_keys, merge_generated
 from m4.generate.schedules import ScheduleError, Step, TargetSpec, build_schedule
 from m4.generate.state import (
@@ -92,6 +93,49 @@ def test_partially_known_target_keeps_its_tokens(samplers):
     np.testing.assert_array_equal(out["depth"].tokens[:, [0, 4, 7]], [[1, 2, 3]] * B)
     order = info["decode_order"]["depth"]
     assert (order[:, [0, 4, 7]] == -1).all() and (np.delete(order, [0, 4, 7], 1) >= 0).all()
+
+
+# ------------------------------------------------------------------ how the model is called
+def test_inference_graph_computes_the_model(model):
+    """The loops' model (unrolled layers, one weight array per layer) = the model itself."""
+    from m4.model.batch import random_batch
+
+    sampler = Sampler(model, SENTINELS)
+    assert all(isinstance(x, tuple) and len(x) == 2 for x, (path, _) in zip(
+        sampler.params, jax.tree_util.tree_flatten_with_path(nnx.state(model))[0])
+        if path[0].key in ("encoder", "decoder"))
+    batch = random_batch(model.config, 2, 20, 12, seed=1)
+
+    @jax.jit
+    def forward(params, batch):
+        return sampler._model(params)(batch)
+
+    got, want = forward(sampler.params, batch), model(batch)
+    assert sampler._model(sampler.params).config.scan_layers is False
+    for key in ("enc_out", "dec_out"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
+
+
+def test_rows_per_call():
+    assert sampler_lib.CALL_SLOTS == 800
+    assert sampler_lib.rows_per_call(8, 385) == 2
+    assert sampler_lib.rows_per_call(8, 196) == 4
+    assert sampler_lib.rows_per_call(6, 100) == 6
+    assert sampler_lib.rows_per_call(3, 900) == 1          # too many slots: one row per call
+    assert sampler_lib.rows_per_call(1, 385) == 1
+
+
+@pytest.mark.parametrize("loop", ["unrolled", "fori"])
+def test_grouped_model_calls_give_the_same_tokens(model, monkeypatch, loop):
+    """Rows (passes x examples) run in groups through lax.map decode exactly as in one call."""
+    schedule = depth_schedule(cfg_scale=2.0)                 # 2 passes: 6 rows of 15+ slots
+    keys = example_keys(0, B)
+    whole, info = Sampler(model, SENTINELS, loop=loop).generate(rgb_state(), schedule, keys)
+    monkeypatch.setattr(sampler_lib, "CALL_SLOTS", 64)      # groups of 2 rows at most
+    assert sampler_lib.rows_per_call(2 * B, 30) == 2
+    grouped, info2 = Sampler(model, SENTINELS, loop=loop).generate(rgb_state(), schedule, keys)
+    np.testing.assert_array_equal(grouped["depth"].tokens, whole["depth"].tokens)
+    np.testing.assert_array_equal(info2["decode_order"]["depth"], info["decode_order"]["depth"])
 
 
 # --------------------------------------------------------------------------- determinism

@@ -1,6 +1,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
 from m4.train.optimizer import (OptimizerConfig, decay_mask, learning_rate_schedule,
                                 make_optimizer, skipped_steps)
@@ -59,3 +61,39 @@ def test_non_finite_steps_are_skipped_and_counted():
     updates, state = tx.update(good, state, params)
     params2 = jax.tree.map(lambda p, u: p + u, params, updates)
     assert np.all(np.asarray(params2["w"]) < 1.0) and int(skipped_steps(state)) == 1
+
+
+def _tree(rng, scale=1.0):
+    return {"encoder": {"norm1": {"scale": jnp.asarray(rng.standard_normal(5) * scale, jnp.float32)},
+                        "qkv": {"kernel": jnp.asarray(rng.standard_normal((3, 4)) * scale, jnp.float32),
+                                "bias": jnp.asarray(rng.standard_normal(4) * scale, jnp.float32)}},
+            "token_emb": jnp.asarray(rng.standard_normal((7, 3)) * scale, jnp.float32)}
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_fused_adamw_equals_the_optax_chain(clip):
+    """Same parameters, moments and counters as optax's apply_if_finite(chain(clip, adamw)),
+    through warmup, a skipped non-finite step, and clipping."""
+    from m4.train.optimizer import optax_adamw
+
+    cfg = OptimizerConfig(base_lr=0.3, global_batch=256, warmup_steps=2, total_steps=6,
+                          clip_grad_norm=clip)
+    fused, ref = make_optimizer(cfg), optax_adamw(cfg)
+    rng = np.random.default_rng(0)
+    params = _tree(rng)
+    p_f, s_f = params, fused.init(params)
+    p_r, s_r = params, ref.init(params)
+    assert jax.tree.structure(s_f) == jax.tree.structure(s_r)
+    step = jax.jit(fused.apply_gradients)
+    for i in range(5):
+        grads = _tree(rng, scale=3.0)
+        if i == 2:
+            grads["token_emb"] = grads["token_emb"].at[1, 1].set(jnp.inf)
+        p_f, s_f, norm = step(grads, s_f, p_f)
+        updates, s_r = ref.update(grads, s_r, p_r)
+        p_r = optax.apply_updates(p_r, updates)
+        if i != 2:
+            np.testing.assert_allclose(norm, optax.tree.norm(grads), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves((p_f, s_f)), jax.tree.leaves((p_r, s_r))):
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    assert int(skipped_steps(s_f)) == 1

@@ -67,7 +67,8 @@ def inverse_cdf(probs: jax.Array, uniform: jax.Array) -> jax.Array:
     """The first id whose cumulative probability reaches u * total, never an id of probability 0.
 
     Two levels (block masses, then one block) instead of a cumsum over the whole vocabulary,
-    which XLA runs slowly on CPU. probs [..., V] >= 0, uniform [...] in (0, 1] -> ids [...]."""
+    which XLA runs slowly on CPU. probs [..., V] >= 0 (need not sum to 1), uniform [...] in
+    (0, 1] -> ids [...]."""
     v = probs.shape[-1]
     blocks = -(-v // CDF_BLOCK)
     padded = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, blocks * CDF_BLOCK - v)])
@@ -110,9 +111,11 @@ def sample(logits: jax.Array, temperature: jax.Array, uniform: jax.Array, top_k:
         # Shift before dividing: the best token is exactly exp(0) = 1 even for tiny
         # temperatures, where softmax(x / t) can overflow into 0 / 0.
         weights = jnp.exp((filtered - jnp.max(filtered, axis=-1, keepdims=True)) / temperature)
-        probs = weights / jnp.sum(weights, axis=-1, keepdims=True)
-        ids = inverse_cdf(probs, uniform)
-        return ids, jnp.take_along_axis(probs, ids[..., None], -1)[..., 0]
+        # The draw needs no normalised copy of the [..., V] weights (a pass over the logits'
+        # size less): only the drawn token's probability is divided by the total.
+        ids = inverse_cdf(weights, uniform)
+        picked = jnp.take_along_axis(weights, ids[..., None], -1)[..., 0]
+        return ids, picked / jnp.sum(weights, axis=-1)
 
     return jax.lax.cond(jnp.abs(temperature) < GREEDY_TEMPERATURE, greedy, draw, None)
 

@@ -25,7 +25,7 @@ from flax import nnx
 
 from m4.modalities import ModalitySpec
 from m4.model.layers import (
-    fixed, linear, normal_init, param, sincos_1d, sincos_2d, uniform_init,
+    after, fixed, linear, normal_init, param, sincos_1d, sincos_2d, uniform_init,
     xavier_bound,
 )
 from m4.parallel import constrain
@@ -92,6 +92,32 @@ class PositionTables(nnx.Module):
         return jnp.take(self.table(), index, axis=0)
 
 
+@jax.custom_vjp
+def lookup_rows(table: jax.Array, index: jax.Array) -> jax.Array:
+    """table [V, D], index [...] int32 in [0, V) -> [..., D] (= jnp.take(table, index, axis=0)).
+
+    The gradient is the usual scatter-add of the rows' gradients into a zero [V, D] table, with
+    one difference: the zero table is made from the incoming gradient (`after`). Plain `take`
+    uses one zero constant for every [V, D] gradient of the step (encoder and decoder tables,
+    the output projection's), which XLA then copies once per table; made apart, each table's
+    zeros are written once, in place, and only when its backward pass runs."""
+    return jnp.take(table, index, axis=0)
+
+
+def _lookup_rows_fwd(table, index):
+    return jnp.take(table, index, axis=0), (index, jnp.zeros((0,) + table.shape, table.dtype))
+
+
+def _lookup_rows_bwd(residuals, g):
+    index, like = residuals                                           # like: [0, V, D] (shape)
+    zeros = after(jnp.zeros(like.shape[1:], jnp.float32), g)
+    d_table = zeros.at[index.reshape(-1)].add(g.reshape(-1, g.shape[-1]).astype(jnp.float32))
+    return d_table.astype(like.dtype), None
+
+
+lookup_rows.defvjp(_lookup_rows_fwd, _lookup_rows_bwd)
+
+
 def _token_index(offsets: tuple, sizes: tuple, mod: jax.Array, ids: jax.Array) -> jax.Array:
     offsets = jnp.asarray(offsets, jnp.int32)[mod]
     sizes = jnp.asarray(sizes, jnp.int32)[mod]
@@ -139,7 +165,7 @@ class EncoderEmbedding(nnx.Module):
         x = jnp.zeros_like(emb)
         if self.token_emb is not None:
             index = _token_index(self.vocab_offsets, self.vocab_sizes, mod, batch["enc_ids"])
-            tokens = jnp.take(self.token_emb[...], index, axis=0)
+            tokens = lookup_rows(self.token_emb[...], index)
             x = jnp.where(jnp.asarray(self.is_token)[mod][..., None], tokens, x)
         for i, proj in zip(self.continuous, self.proj):
             x = jnp.where((mod == i)[..., None], proj(batch["enc_pixels"]), x)
@@ -181,7 +207,7 @@ class DecoderEmbedding(nnx.Module):
         used = batch["dec_valid"] | batch["dec_attn_valid"]
         emb = self.positions.lookup(mod, batch["dec_pos"]) + mod_emb[mod]
         index = _token_index(self.vocab_offsets, self.vocab_sizes, mod, batch["dec_ids_in"])
-        tokens = jnp.take(self.token_emb[...], index, axis=0)               # teacher forcing
+        tokens = lookup_rows(self.token_emb[...], index)                    # teacher forcing
         is_seq = jnp.asarray(self.is_sequence)[mod][..., None]
         x = jnp.where(is_seq, tokens, self.mask_token[...])
         keep = used[..., None]

@@ -101,22 +101,67 @@ def _canonical_t(a: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(jnp.transpose(a))
 
 
+def after(tree, signal: jax.Array):
+    """`tree` unchanged, but computed from `signal` as far as XLA can tell.
+
+    Used in backward passes that recompute forward values: XLA would merge the recomputation
+    with the forward's (common subexpressions, looking through optimization barriers on CPU) and
+    keep the forward's arrays alive in between, defeating the recomputation. Adding
+    0 * max(first two elements of the incoming gradient) makes every recomputed value new and
+    orders it after the gradient arrives. (A NaN/Inf gradient turns the result non-finite, as
+    the gradients are anyway.)"""
+    # A reduction, not an element: XLA fuses a single element's computation into every consumer
+    # and would recompute the gradient's producers for each element of `tree`.
+    flat = jax.lax.stop_gradient(signal).reshape(-1)
+    zero = 0.0 * jnp.max(flat[:2].astype(jnp.float32))
+    return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
+
+def _dot2(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    """2D product contracting dim contract[0] of `a` with dim contract[1] of `b`, f32 result."""
+    dims = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _matmul_grads(x: jax.Array, w: jax.Array, g: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """Gradients of y = x @ w: (g @ w^T [T, K], x^T @ g [K, N]), operands cast to `dtype`,
+    float32 accumulation. x [T, K], w [K, N], g [T, N]."""
+    xc, wc, gc = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+    if dtype == jnp.float32:
+        # float32: g . w^T (contracting the last dims of both) is read directly by the YNNPACK
+        # kernels, and x^T . g (contracting the rows of both) runs as a plain dot about as fast
+        # as the canonical one: materialising the transposes cost more than it saved.
+        return _dot2(gc, wc, (1, 1)), _dot2(xc, gc, (0, 0))
+    # bfloat16 operands: only the canonical layout reaches the bf16 kernels (with float32
+    # accumulation); other layouts fall back to a slow path, so transpose explicitly.
+    return (jnp.dot(gc, _canonical_t(wc), preferred_element_type=jnp.float32),
+            jnp.dot(_canonical_t(xc), gc, preferred_element_type=jnp.float32))
+
+
+def _mm(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """x [T, K] @ w (any shape with K*N elements, read as [K, N]) -> [T, N] float32."""
+    w2 = w.reshape(x.shape[1], -1)
+    return jnp.dot(x.astype(dtype), w2.astype(dtype), preferred_element_type=jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
-    return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return _mm(x, w, dtype)
 
 
 def _matmul_fwd(x, w, dtype):
-    xc, wc = x.astype(dtype), w.astype(dtype)
-    return jnp.dot(xc, wc, preferred_element_type=jnp.float32), (xc, wc)
+    # The weight is saved in its stored shape and dtype: inside a layer scan, a residual that is
+    # the scanned parameter slice itself is forwarded, while a reshaped or cast copy would be
+    # stacked over the layers (~40 MB more at tiny size). The input is saved in the compute
+    # dtype (a no-op in float32).
+    return _mm(x, w, dtype), (x.astype(dtype), w)
 
 
 def _matmul_bwd(dtype, residuals, g):
-    xc, wc = residuals                                        # [T, K], [K, N] compute dtype
-    gc = g.astype(dtype)                                      # [T, N]
-    dx = jnp.dot(gc, _canonical_t(wc), preferred_element_type=jnp.float32)   # [T, K]
-    dw = jnp.dot(_canonical_t(xc), gc, preferred_element_type=jnp.float32)   # [K, N]
-    return dx, dw
+    x, w = residuals                                          # [T, K], w read as [K, N]
+    dx, dw = _matmul_grads(x, w.reshape(x.shape[1], -1), g, dtype)
+    # dx stays float32, the dtype of every activation of the model.
+    return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -125,18 +170,59 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 def linear(x: jax.Array, w: jax.Array, dtype, contract: int = 1) -> jax.Array:
     """x [..., K1..Kc] @ w [K1..Kc, N...]: the first `contract` dims of w meet the last ones of x.
 
-    Computed as one 2D matmul whose three dots (forward, input and weight gradients) all run in
-    the canonical layout, with operands in the compute dtype and float32 accumulation (custom
-    VJP). Plain autodiff of an einsum emits the weight gradient as x^T . g in a layout that XLA's
-    CPU kernels handle slowly, and would keep no dot in bfloat16 in the backward pass."""
+    Computed as one 2D matmul (custom VJP) whose three dots (forward, input and weight
+    gradients) take operands in the compute dtype with float32 accumulation, each in a layout
+    the CPU kernels run at full speed (see `_matmul_grads`). Plain autodiff of an einsum emits
+    the weight gradient with several contracting dims (batch and length), a slow path, and
+    would keep no dot in bfloat16 in the backward pass."""
     k_shape, n_shape = w.shape[:contract], w.shape[contract:]
     if x.shape[x.ndim - contract:] != k_shape:
         raise ValueError(f"linear: input {x.shape} does not end with the weight's input dims "
                          f"{k_shape}")
     lead = x.shape[:x.ndim - contract]
-    k, n = int(np.prod(k_shape)), int(np.prod(n_shape))
-    y = _matmul(x.reshape(-1, k), w.reshape(k, n), jnp.dtype(dtype))
+    k = int(np.prod(k_shape))
+    y = _matmul(x.reshape(-1, k), w, jnp.dtype(dtype))
     return y.reshape(*lead, *n_shape)
+
+
+# -- gated MLP: fc2(silu(fc1 x) * fc3 x) with a custom VJP ---------------------------------------
+
+def _swiglu_hidden(h: jax.Array, g: jax.Array) -> jax.Array:
+    return jax.nn.silu(h) * g
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _gated_mlp(x, w1, w3, w2, dtype):
+    return _gated_mlp_fwd(x, w1, w3, w2, dtype)[0]
+
+
+def _gated_mlp_fwd(x, w1, w3, w2, dtype):
+    # Rows are the flattened (batch, length) positions, sharded like the batch.
+    h = constrain(_mm(x, w1, dtype), ("batch", "mlp"))                     # [T, F] f32
+    g = constrain(_mm(x, w3, dtype), ("batch", "mlp"))
+    # Saved: x and the two pre-activations. The gated product (the input of fc2) and the
+    # sigmoid are recomputed in the backward pass: autodiff would keep three more [T, F] arrays
+    # per block, the largest activations of the model.
+    return _mm(_swiglu_hidden(h, g), w2, dtype), (x.astype(dtype), w1, w3, w2, h, g)
+
+
+def _gated_mlp_bwd(dtype, residuals, dy):
+    x, w1, w3, w2, h, g = residuals                                      # x [T, D], h/g [T, F]
+    # Recompute from the incoming gradient: XLA can neither merge the recomputation with the
+    # forward's nor schedule it early, either of which would keep [T, F] arrays of every block
+    # alive from the forward until here (see `after`).
+    h, g = after((h, g), dy)
+    sig = jax.nn.sigmoid(h)
+    silu = h * sig
+    da, dw2 = _matmul_grads(silu * g, w2, dy, dtype)                      # [T, F], [F, D]
+    dg = da * silu
+    dh = da * g * (sig + silu * (1.0 - sig))                             # d silu / dh
+    dx1, dw1 = _matmul_grads(x, w1, dh, dtype)
+    dx3, dw3 = _matmul_grads(x, w3, dg, dtype)
+    return dx1 + dx3, dw1, dw3, dw2
+
+
+_gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
 class LayerNorm(nnx.Module):
@@ -155,17 +241,77 @@ class LayerNorm(nnx.Module):
         return y
 
 
+def _heads_first(a: jax.Array, dtype) -> jax.Array:
+    """[B, N, H, hd] -> [B, H, N, hd] in the compute dtype."""
+    return jnp.transpose(a, (0, 2, 1, 3)).astype(dtype)
+
+
+def _bdot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype) -> jax.Array:
+    """Per (batch, head) product over [B, H, ., .] operands, float32 result."""
+    dims = (((contract[0],), (contract[1],)), ((0, 1), (0, 1)))
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims,
+                               preferred_element_type=jnp.float32)
+
+
+def _masked_scores(q, k, allowed, dtype):
+    """[B, H, Nq, Nk] float32 scores, scaled after the product, masked keys at NEG_INF."""
+    scale = q.shape[-1] ** -0.5
+    kt = jnp.transpose(k, (0, 2, 3, 1))                                  # [B, H, hd, Nk]
+    scores = _bdot(_heads_first(q, dtype), kt, (3, 2), dtype) * scale
+    return jnp.where(allowed[:, None, :, :], scores, NEG_INF)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, allowed, dtype):
+    return _attention_fwd(q, k, v, allowed, dtype)[0]
+
+
+def _attention_fwd(q, k, v, allowed, dtype):
+    scores = _masked_scores(q, k, allowed, dtype)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    unnormalized = jnp.exp(scores - top)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    probs = unnormalized / total                                         # = jax.nn.softmax
+    out = jnp.transpose(_bdot(probs, _heads_first(v, dtype), (3, 2), dtype), (0, 2, 1, 3))
+    # Saved: q, k, v, the output and the row max and sum [B, H, Nq, 1]; the [Nq, Nk]
+    # probabilities are recomputed in the backward pass instead of being kept per block. (Not
+    # one log-sum-exp: on a row without any valid key, max + log(sum) rounds to the max.)
+    return out, (q, k, v, allowed, out, top, total)
+
+
+def _attention_bwd(dtype, residuals, d_out):
+    q, k, v, allowed, out, top, total = residuals
+    # As in `_gated_mlp_bwd`: the recomputed probabilities wait for the incoming gradient (also
+    # the row max and sum, which XLA would otherwise keep broadcast to [Nq, Nk] from the
+    # forward).
+    q, k, top, total = after((q, k, top, total), d_out)
+    scale = q.shape[-1] ** -0.5
+    probs = jnp.exp(_masked_scores(q, k, allowed, dtype) - top) / total   # [B, H, Nq, Nk]
+    d_out_h = _heads_first(d_out, dtype)                                 # [B, H, Nq, hd]
+    # Products written in the canonical layout (last dim of the left operand against the first
+    # non-batch dim of the right one); XLA may fold the small transposes into the products.
+    d_v = _bdot(jnp.transpose(probs, (0, 1, 3, 2)), d_out_h, (3, 2), dtype)   # [B, H, Nk, hd]
+    d_probs = _bdot(d_out_h, jnp.transpose(v, (0, 2, 3, 1)), (3, 2), dtype)   # [B, H, Nq, Nk]
+    # softmax backward: p * (dp - sum(dp * p)), with sum(dp * p) = sum(d_out * out) per row.
+    row = jnp.transpose(jnp.sum(d_out * out, axis=-1), (0, 2, 1))[..., None]  # [B, H, Nq, 1]
+    d_scores = jnp.where(allowed[:, None, :, :], probs * (d_probs - row), 0.0) * scale
+    d_q = _bdot(d_scores, _heads_first(k, dtype), (3, 2), dtype)             # [B, H, Nq, hd]
+    d_k = _bdot(jnp.transpose(d_scores, (0, 1, 3, 2)), _heads_first(q, dtype), (3, 2), dtype)
+    back = lambda a, like: jnp.transpose(a, (0, 2, 1, 3)).astype(like.dtype)
+    return back(d_q, q), back(d_k, k), back(d_v, v), None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, dtype) -> jax.Array:
     """Masked softmax attention.
 
     q [B, Nq, H, hd], k/v [B, Nk, H, hd], allowed bool [B, Nq or 1, Nk] (True = may attend).
-    Returns [B, Nq, H, hd] float32.
+    Returns [B, Nq, H, hd] float32. Products in the compute dtype with float32 accumulation;
+    scores, softmax and their gradients in float32. Custom VJP: see `_attention_fwd`.
     """
-    scale = q.shape[-1] ** -0.5
-    scores = dot("bqhd,bkhd->bhqk", q, k, dtype) * scale          # [B, H, Nq, Nk] f32
-    scores = jnp.where(allowed[:, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    return dot("bhqk,bkhd->bqhd", probs, v, dtype)
+    return _attention(q, k, v, allowed, jnp.dtype(dtype))
 
 
 class SelfAttention(nnx.Module):
@@ -240,6 +386,12 @@ class Mlp(nnx.Module):
                          if use_bias and kind == "swiglu" else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind == "swiglu" and self.fc1_bias is None:
+            # The released variant: one custom VJP for the whole MLP (see `_gated_mlp_fwd`).
+            lead = x.shape[:-1]
+            y = _gated_mlp(x.reshape(-1, x.shape[-1]), self.fc1[...], self.fc3[...],
+                           self.fc2[...], jnp.dtype(self.dtype))
+            return y.reshape(*lead, y.shape[-1])
         h = linear(x, self.fc1[...], self.dtype)
         if self.fc1_bias is not None:
             h = h + self.fc1_bias[...]
@@ -247,7 +399,7 @@ class Mlp(nnx.Module):
             g = linear(x, self.fc3[...], self.dtype)
             if self.fc3_bias is not None:
                 g = g + self.fc3_bias[...]
-            h = jax.nn.silu(h) * g
+            h = _swiglu_hidden(h, g)
         else:
             h = jax.nn.gelu(h, approximate=False)
         h = constrain(h, ("batch", "length", "mlp"))

@@ -9,12 +9,17 @@ rows x V_total; with 4M's vocabularies (16k + 8k + 4k + 30k ...) that is ~4x the
    rows fills ceil(n / C) chunks, the last one padded), in a buffer of
    K = ceil(R / C) + M chunks, enough for any split of R rows over M modalities;
 2. for each modality (a static Python loop) a `fori_loop` over that modality's chunks computes
-   the [C, V_m] logits against the modality's static slice of the table -> logsumexp - target
-   logit, and whether the argmax is the target;
+   the chunk's logits against the modality's static slice of the table -> logsumexp - target
+   logit, and whether the target has the largest logit;
 3. results are gathered back to the rows.
-A custom VJP recomputes each chunk's logits in the backward pass and accumulates the gradient of
-each modality's table slice in a loop carry of size [V_m, D] (plain autodiff of the loop would
-carry and add a full [V_total, D] gradient per chunk).
+No product transposes the [V, D] table: the logits h_c [C, D] . table_m [V_m, D]^T take the
+table with its contracting dim last, a layout XLA's CPU kernels (YNNPACK) read directly; the
+input gradient dlogits [C, V_m] . table_m is canonical; the table gradient dlogits^T . h_c
+contracts the C rows of both. (Transposing table slices for canonical products cost ~0.3 CPU-s
+per step at 4M's vocabulary sizes.)
+A custom VJP recomputes each chunk's logits in the backward pass and accumulates the table
+gradient in place, in one [V, D] loop carry (plain autodiff of the loop would add a full
+[V, D] gradient per chunk).
 
 With a mesh, rows are laid out per group of examples (`groups` = the number of batch shards), so
 every data-parallel shard works on its own rows.
@@ -27,14 +32,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from m4.model.layers import _canonical_t, dot
+from m4.model.layers import after
 
 
 def full_cross_entropy(h: jax.Array, targets: jax.Array, mod: jax.Array, valid: jax.Array,
                        table: jax.Array, offsets: tuple, sizes: tuple, dtype
                        ) -> tuple[jax.Array, jax.Array]:
     """Reference path: all logits [R, V], masked to each row's range. -> (nll [R], correct [R])."""
-    logits = dot("rd,dv->rv", h, _canonical_t(table), dtype)         # [R, V] f32
+    logits = _dot(h, table, (1, 1), dtype)                             # [R, V] f32
     lo = jnp.asarray(offsets, jnp.int32)[mod][:, None]
     hi = lo + jnp.asarray(sizes, jnp.int32)[mod][:, None]
     gid = jnp.arange(table.shape[0], dtype=jnp.int32)[None, :]
@@ -63,24 +68,42 @@ def _chunk_layout(mod, valid, slot_of_mod: tuple, num_target: int, chunk: int, c
     return slot, src, ok, start, nchunks
 
 
+def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype) -> jax.Array:
+    """A 2D product contracting dim contract[0] of `a` with dim contract[1] of `b`, operands in
+    the compute dtype, float32 result."""
+    dims = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims,
+                               preferred_element_type=jnp.float32)
+
+
+def _chunk_logits(h_pad, w, row0, chunk: int, dtype):
+    """Logits of one chunk of rows against one modality's table rows:
+    h_c [C, D] . w [V_m, D]^T -> ([C, V_m] f32, h_c)."""
+    hc = jax.lax.dynamic_slice_in_dim(h_pad, row0, chunk, axis=0)             # [C, D]
+    return _dot(hc, w, (1, 1), dtype), hc
+
+
 def _chunk_forward(statics, h_pad, table, t_pad, start, nchunks):
     target_mods, offsets, sizes, chunk, dtype = statics
-    total, dim = h_pad.shape
+    total = h_pad.shape[0]
     nll = jnp.zeros((total,), jnp.float32)
     lse_all = jnp.zeros((total,), jnp.float32)
     correct = jnp.zeros((total,), jnp.bool_)
     for j, m in enumerate(target_mods):
-        wt = _canonical_t(table[offsets[m]:offsets[m] + sizes[m]].astype(dtype))   # [D, V_m]
+        w = table[offsets[m]:offsets[m] + sizes[m]]                              # [V_m, D]
 
-        def body(k, carry, j=j, wt=wt):
+        def body(k, carry, j=j, w=w):
             nll, lse_all, correct = carry
             row0 = (start[j] + k) * chunk
-            hc = jax.lax.dynamic_slice(h_pad, (row0, 0), (chunk, dim))
-            tc = jax.lax.dynamic_slice(t_pad, (row0,), (chunk,))
-            logits = dot("cd,dv->cv", hc, wt, dtype)                  # [C, V_m] f32
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            tl = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
-            hit = jnp.argmax(logits, axis=-1) == tc
+            logits, _ = _chunk_logits(h_pad, w, row0, chunk, dtype)              # [C, V_m]
+            tc = jax.lax.dynamic_slice_in_dim(t_pad, row0, chunk)
+            top = jnp.max(logits, axis=1)                                        # [C]
+            lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=1))
+            tl = jnp.take_along_axis(logits, tc[:, None], axis=1)[:, 0]
+            # The target is the argmax iff its logit is the maximum (exact ties, where argmax
+            # would pick the lower id, do not occur with float logits in practice). Saves an
+            # argmax pass over the [C, V_m] logits.
+            hit = tl >= top
             return (jax.lax.dynamic_update_slice(nll, lse - tl, (row0,)),
                     jax.lax.dynamic_update_slice(lse_all, lse, (row0,)),
                     jax.lax.dynamic_update_slice(correct, hit, (row0,)))
@@ -104,36 +127,36 @@ def _chunked_ce_bwd(statics, residuals, cotangents):
     target_mods, offsets, sizes, chunk, dtype = statics
     h_pad, table, t_pad, start, nchunks, lse_all = residuals
     g_nll = cotangents[0]                                            # [K*C]
-    total, dim = h_pad.shape
-    dh = jnp.zeros_like(h_pad)
-    grads = {}
+    # One gradient buffer for the whole table, updated in place chunk by chunk: rows of
+    # modalities without targets in the batch stay zero, and nothing is concatenated at the end.
+    # Zeros of its own (`after`): a zero constant shared with other [V, D] gradients would be
+    # copied for each of them.
+    dh, dtable = after((jnp.zeros(h_pad.shape, jnp.float32),
+                        jnp.zeros(table.shape, jnp.float32)), g_nll)
     for j, m in enumerate(target_mods):
-        w = table[offsets[m]:offsets[m] + sizes[m]].astype(dtype)               # [V_m, D]
-        wt = _canonical_t(w)                                                    # [D, V_m]
+        lo, size = offsets[m], sizes[m]
+        # The table slice taken once the gradient arrives: otherwise XLA shares the forward's
+        # slice (a common subexpression) and keeps it alive in between.
+        w = after(table[lo:lo + size], g_nll)                                    # [V_m, D]
 
-        def body(k, carry, j=j, w=w, wt=wt):
-            dh, dw = carry
+        def body(k, carry, j=j, w=w, lo=lo, size=size):
+            dh, dtable = carry
             row0 = (start[j] + k) * chunk
-            hc = jax.lax.dynamic_slice(h_pad, (row0, 0), (chunk, dim))
-            tc = jax.lax.dynamic_slice(t_pad, (row0,), (chunk,))
-            lse = jax.lax.dynamic_slice(lse_all, (row0,), (chunk,))
-            gc = jax.lax.dynamic_slice(g_nll, (row0,), (chunk,))
-            logits = dot("cd,dv->cv", hc, wt, dtype)
+            logits, hc = _chunk_logits(h_pad, w, row0, chunk, dtype)             # [C, V_m]
+            tc = jax.lax.dynamic_slice_in_dim(t_pad, row0, chunk)
+            lse = jax.lax.dynamic_slice_in_dim(lse_all, row0, chunk)
+            gc = jax.lax.dynamic_slice_in_dim(g_nll, row0, chunk)
             # d(lse - logit_t)/d logits = softmax - onehot(t), scaled by the row's cotangent.
             dlogits = jnp.exp(logits - lse[:, None]) * gc[:, None]
-            dlogits = dlogits.at[jnp.arange(chunk), tc].add(-gc)
-            dhc = dot("cv,vd->cd", dlogits, w, dtype)
-            dw = dw + dot("vc,cd->vd", _canonical_t(dlogits), hc, dtype)
-            return jax.lax.dynamic_update_slice(dh, dhc, (row0, 0)), dw
+            dlogits = dlogits.at[jnp.arange(chunk), tc].add(-gc)                 # [C, V_m]
+            dhc = _dot(dlogits, w, (1, 0), dtype)                                # [C, D]
+            dw = (jax.lax.dynamic_slice_in_dim(dtable, lo, size)
+                  + _dot(dlogits, hc, (0, 0), dtype))                            # [V_m, D]
+            return (jax.lax.dynamic_update_slice_in_dim(dh, dhc, row0, axis=0),
+                    jax.lax.dynamic_update_slice_in_dim(dtable, dw, lo, axis=0))
 
-        dw0 = jnp.zeros((sizes[m], dim), jnp.float32)
-        dh, grads[m] = jax.lax.fori_loop(0, nchunks[j], body, (dh, dw0))
-    parts = []
-    for m, size in enumerate(sizes):
-        if size:
-            parts.append(grads[m] if m in grads else jnp.zeros((size, dim), jnp.float32))
-    dtable = jnp.concatenate(parts, axis=0).astype(table.dtype)
-    return dh.astype(h_pad.dtype), dtable, None, None, None
+        dh, dtable = jax.lax.fori_loop(0, nchunks[j], body, (dh, dtable))
+    return dh.astype(h_pad.dtype), dtable.astype(table.dtype), None, None, None
 
 
 _chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
@@ -169,6 +192,10 @@ def chunked_cross_entropy(h: jax.Array, targets: jax.Array, mod: jax.Array, vali
         at = jnp.clip(slot, 0, capacity * chunk - 1)
         return jnp.where(ok, nll_pad[at], 0.0), ok & correct_pad[at]
 
+    if groups == 1:
+        # No vmap of one group: its batch dimension of 1 would turn every product of the loss
+        # into a batched one and every loop bound into a vector.
+        return one_group(h, targets, mod, valid)
     split = lambda x: x.reshape(groups, per_group, *x.shape[1:])
     nll, correct = jax.vmap(one_group)(split(h), split(targets), split(mod), split(valid))
     return nll.reshape(rows), correct.reshape(rows)

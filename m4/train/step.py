@@ -10,6 +10,7 @@ rebuilds it, which avoids NNX's Python-side graph bookkeeping on every call (STY
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -93,10 +94,15 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, shardings, m
             return module.loss(batch, loss_type)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                       skipped_steps=opt.total_notfinite)
+        if hasattr(tx, "apply_gradients"):
+            # The fused optimizer (m4.train.optimizer) writes the new parameters directly and
+            # hands back the gradient norm it computed anyway: one pass over the parameters.
+            params, opt, grad_norm = tx.apply_gradients(grads, state["opt"], state["params"])
+        else:
+            updates, opt = tx.update(grads, state["opt"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            grad_norm = optax.tree.norm(grads)
+        metrics = dict(metrics, grad_norm=grad_norm, skipped_steps=opt.total_notfinite)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state["step"])
         new_state = {"step": state["step"] + 1, "params": params, "rest": state["rest"], "opt": opt}
@@ -106,13 +112,30 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, shardings, m
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated),
                      donate_argnums=0)
+    compiled = []
 
     def run(state, batch):
         with jax.set_mesh(mesh):
+            if not compiled:
+                # Compile ahead of the first step (jit reuses this executable) and hand the
+                # compiler's freed heap back before the step allocates its buffers.
+                compiled.append(jitted.lower(state, batch).compile())
+                release_freed_memory()
             return jitted(state, batch)
 
     run.jitted = jitted
     return run
+
+
+def release_freed_memory() -> None:
+    """Returns the C heap's free pages to the OS (glibc `malloc_trim`; a no-op elsewhere).
+
+    Compiling the train step leaves ~0.35 GB of freed but still mapped heap behind (tiny model,
+    CPU): without this it adds to the peak resident memory of every run."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def make_eval_step(model: Model, shardings, mesh: Mesh, *, loss_type: str = "mod"):
