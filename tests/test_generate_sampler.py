@@ -272,23 +272,39 @@ def test_autoregressive_max_tokens_and_prompt_with_two_sentinels():
         assert merged[0] == prompt[0] and prompt[1] in merged.tolist()
 
 
-def test_staged_decoder_widths_do_not_change_the_text(model, monkeypatch):
-    """The autoregressive loop grows its decoder window (16, then the rest): same tokens as one
-    window of all rows."""
-    from m4.generate import sampler as sampler_lib
+def test_cached_autoregressive_decoding_is_greedy_decoding(model):
+    """At temperature 0 the key/value-cached loop produces the argmax of the full decoder run
+    over its own text (the decoder is causal: one teacher-forced call predicts every row), up to
+    the closing sentinel, and padding after it."""
+    from m4.generate.state import empty_sequence_target, pack_encoder
 
-    assert sampler_lib.sequence_widths(20) == [16, 20]
-    assert sampler_lib.sequence_widths(129) == [16, 32, 64, 128, 129]
-    assert sampler_lib.sequence_widths(11) == [11]
-    schedule = build_schedule(["rgb"], [TargetSpec("caption", temperature=0.7, max_tokens=20)],
+    sampler = Sampler(model, SENTINELS)
+    schedule = build_schedule(["rgb"], [TargetSpec("caption", temperature=0.0, max_tokens=9)],
                               SPECS)
-    outputs = []
-    for widths in (sampler_lib.sequence_widths, lambda rows: [rows]):
-        monkeypatch.setattr(sampler_lib, "sequence_widths", widths)
-        _, info = Sampler(model, SENTINELS).generate(rgb_state(), schedule, example_keys(0, B))
-        outputs.append(info["sequences"]["caption"]["generated"])
-    for staged, whole in zip(*outputs):
-        np.testing.assert_array_equal(staged, whole)
+    state = rgb_state()
+    _, info = sampler.generate(state, schedule, example_keys(0, B))
+    generated = np.stack(info["sequences"]["caption"]["generated"])          # [B, 10]
+    m = [s.name for s in SPECS].index("caption")
+    rows = generated.shape[1] - 1
+    r = np.arange(rows)
+    dec = {"dec_mod": np.full((B, rows), m), "dec_targets": np.zeros((B, rows)),
+           "dec_pos": np.broadcast_to(np.where(r < CAPTION.length, r, 0), (B, rows)),
+           "dec_ids_in": generated[:, :-1], "dec_seq_index": np.broadcast_to(r, (B, rows))}
+    batch = {k: jnp.asarray(v, jnp.int32) for k, v in dec.items()}
+    batch["dec_valid"] = batch["dec_attn_valid"] = jnp.ones((B, rows), bool)
+    state["caption"] = empty_sequence_target(CAPTION, B, SENTINELS)       # the [S_1] prompt
+    enc = pack_encoder(state, SPECS, sampler._conditions(state, exclude=None), 16)
+    batch.update({k: jnp.asarray(v) for k, v in enc.items()})
+    h = model.decode(batch, *model.encode(batch))
+    greedy = np.asarray(jnp.argmax(model.logits_for_modality(h, m), -1))      # [B, rows]
+    for e in range(B):
+        agree = greedy[e] == generated[e, 1:]
+        first_miss = rows if agree.all() else int(np.argmin(agree))
+        assert first_miss >= 1
+        # Past the first disagreement only padding: the text had closed with a sentinel.
+        assert (generated[e, 1 + first_miss:] == SENTINELS.pad_id).all(), (greedy[e], generated[e])
+        if first_miss < rows:
+            assert generated[e, first_miss] in range(5, 12)                  # a sentinel
 
 
 def test_merge_generated_fills_missing_spans():

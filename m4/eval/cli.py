@@ -18,7 +18,9 @@ import pathlib
 import sys
 import time
 
-from m4.eval.matrix import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, DEFAULT_TEMPERATURE, EvalError
+from m4.eval.matrix import (
+    DEFAULT_BATCH_SIZE, DEFAULT_CAPTION_TEMPERATURE, DEFAULT_STEPS, DEFAULT_TEMPERATURE, EvalError,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                         help=f"start temperature of image-like targets, decaying linearly over "
                              f"the steps (default {DEFAULT_TEMPERATURE}: nearly argmax)")
-    parser.add_argument("--caption-temperature", type=float, default=None,
-                        help="caption sampling temperature (default 0.3)")
+    parser.add_argument("--caption-temperature", type=float, default=DEFAULT_CAPTION_TEMPERATURE,
+                        help=f"caption sampling temperature (default "
+                             f"{DEFAULT_CAPTION_TEMPERATURE}: greedy)")
     parser.add_argument("--caption-max-tokens", type=int, default=None,
                         help="most caption tokens generated (default: the model's length + 1)")
     parser.add_argument("--modalities", default=None,

@@ -30,9 +30,10 @@ layer's weights passed as their own array (no per-step copy out of the stacked w
 large batch split into groups of rows (`lax.map`) whose attention stays in cache.
 
 Sequence targets (caption, serialised detections...): autoregressive inside `lax.while_loop`: the
-encoder runs once, the decoder re-runs causally on a fixed number of rows (row r reads token r and
-predicts token r + 1; the rows grow in stages of 16, 32, 64, ... so a short text only pays for a
-short decoder), and the loop stops when every example has produced its closing sentinel
+encoder runs once, then the decoder runs one row per token with a key/value cache
+(`m4.model.incremental`: row r reads token r and predicts token r + 1; the context's
+cross-attention keys are computed once), and the loop stops when every example has produced its
+closing sentinel
 (the one after the last sentinel of its input) or at `max_tokens`. The generated spans are then
 spliced into the input's sentinels (`merge_span_masking`) and the completed text becomes an input.
 
@@ -65,6 +66,7 @@ from m4.generate.state import (
     GenerationInputError, ModalityState, State, batch_size_of, empty_sequence_target,
     pack_encoder, unknown,
 )
+from m4.model import incremental
 from m4.model.fourm import FourM
 
 UNROLL_MAX_STEPS = 8
@@ -424,48 +426,32 @@ class Sampler:
         top_p = top_p if plan.top_p else None
         cond = _apply_passes(enc, visible, s1)
         enc_out, enc_emb = model.encode(cond)
-        r = jnp.arange(rows, dtype=jnp.int32)
-        # Teacher-forcing layout (masking.teacher_forcing_rows): row r reads token r, predicts
-        # r + 1; rows past the modality's length use position 0, as the reference.
-        fixed = {
-            "dec_mod": jnp.full((p * b, rows), plan.target, jnp.int32),
-            "dec_pos": jnp.broadcast_to(jnp.where(r < spec.length, r, 0), (p * b, rows)),
-            "dec_targets": jnp.zeros((p * b, rows), jnp.int32),
-            "dec_valid": jnp.ones((p * b, rows), bool),
-            "dec_attn_valid": jnp.ones((p * b, rows), bool),
-            "dec_seq_index": jnp.broadcast_to(r, (p * b, rows)),
-        }
-        carry = (jnp.int32(0), jnp.zeros((b, rows + 1), jnp.int32).at[:, 0].set(starts),
-                 jnp.zeros((b,), bool))
+        cache = incremental.start(model, enc_out, enc_emb, cond["enc_valid"], rows)
+        out = jnp.zeros((b, rows + 1), jnp.int32).at[:, 0].set(starts)
 
-        def stage(width: int, carry):
-            """Tokens i < width: the causal decoder only needs the first `width` rows, so short
-            texts never pay for the longest ones (each width is one compiled decoder)."""
-            window = {k: v[:, :width] for k, v in fixed.items()}
+        def body(carry):
+            i, out, done, cache = carry
+            model = self._model(params)          # inside the loop body: the slices fold here
+            # Teacher-forcing layout (masking.teacher_forcing_rows): row i reads token i and
+            # predicts token i + 1; rows past the modality's length use position 0, as the
+            # reference.
+            ids_in = jnp.tile(jax.lax.dynamic_index_in_dim(out, i, 1, keepdims=False), p)
+            position = jnp.where(i < spec.length, i, 0)
+            h, cache = incremental.step(model, cache, ids_in, i, plan.target, position)
+            logits = model.logits_for_modality(h, plan.target).reshape(p, b, -1)
+            logits = logits[0] if p == 1 else sampling.combine_guidance(logits, coefs)
+            uniform = sampling.example_uniforms(keys, i, 1)[:, 0]
+            ids, _ = sampling.sample(logits, temperature, uniform, plan.top_k, top_p)
+            ids = jnp.where(done, plan.pad_id, ids)
+            out = out.at[:, i + 1].set(ids)
+            return i + 1, out, done | (ids == ends), cache
 
-            def body(carry):
-                i, out, done = carry
-                batch = {**cond, **window, "dec_ids_in": jnp.tile(out[:, :width], (p, 1))}
-                model = self._model(params)      # inside the loop body: the slices fold here
-                h = model.decode(batch, enc_out, enc_emb)                      # [P*B, w, D]
-                last = jax.lax.dynamic_index_in_dim(h, i, axis=1, keepdims=False)
-                logits = model.logits_for_modality(last, plan.target).reshape(p, b, -1)
-                logits = logits[0] if p == 1 else sampling.combine_guidance(logits, coefs)
-                uniform = sampling.example_uniforms(keys, i, 1)[:, 0]
-                ids, _ = sampling.sample(logits, temperature, uniform, plan.top_k, top_p)
-                ids = jnp.where(done, plan.pad_id, ids)
-                out = out.at[:, i + 1].set(ids)
-                return i + 1, out, done | (ids == ends)
+        def running(carry):
+            i, _, done, _ = carry
+            return (i < rows) & ~jnp.all(done)
 
-            def running(carry):
-                i, _, done = carry
-                return (i < width) & ~jnp.all(done)
-
-            return jax.lax.while_loop(running, body, carry)
-
-        for width in sequence_widths(rows):
-            carry = stage(width, carry)
-        _, out, done = carry
+        _, out, done, _ = jax.lax.while_loop(
+            running, body, (jnp.int32(0), out, jnp.zeros((b,), bool), cache))
         return out, done
 
 
@@ -517,15 +503,6 @@ def rows_per_call(rows: int, encoder_slots: int) -> int:
     slots stay within CALL_SLOTS (at least 1)."""
     fits = [g for g in range(1, rows + 1) if rows % g == 0 and g * encoder_slots <= CALL_SLOTS]
     return max(fits, default=1)
-
-
-def sequence_widths(rows: int) -> list[int]:
-    """Decoder widths of the autoregressive stages: powers of two from 16, then `rows`."""
-    widths, w = [], 16
-    while w < rows:
-        widths.append(w)
-        w *= 2
-    return widths + [rows]
 
 
 # --------------------------------------------------------------------------- batch building

@@ -93,10 +93,14 @@ class FourM(nnx.Module):
         ordered = seq[:, None, :] <= seq[:, :, None]
         return same & batch["dec_attn_valid"][:, None, :] & (~causal[:, :, None] | ordered)
 
+    def decoder_context(self, enc_out: jax.Array, enc_emb: jax.Array) -> jax.Array:
+        """What the decoder cross-attends to: projected encoder output + encoder emb."""
+        context = linear(enc_out, self.context_proj[...], self._dtype)
+        return context + self.context_bias[...] + enc_emb
+
     def decode(self, batch: dict, enc_out: jax.Array, enc_emb: jax.Array) -> jax.Array:
         """-> decoder output after decoder_norm [B, N_tgt, D]."""
-        context = linear(enc_out, self.context_proj[...], self._dtype)
-        context = context + self.context_bias[...] + enc_emb
+        context = self.decoder_context(enc_out, enc_emb)
         y, emb = self.embed_targets(batch)
         cross = batch["enc_valid"][:, None, :]
         h = run_stacked(self.decoder, y + emb, (context, self.decoder_mask(batch), cross),

@@ -328,16 +328,23 @@ class SelfAttention(nnx.Module):
                           ("heads", "kv", "embed"))
         self.proj_bias = param(jnp.zeros((dim,)), ("embed",)) if proj_bias else None
 
-    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
-        qkv = linear(x, self.qkv[...], self.dtype)   # [B, N, 3, H, hd]
+    def project(self, x: jax.Array) -> jax.Array:
+        """[B, N, D] -> q, k, v stacked [B, N, 3, H, hd]."""
+        qkv = linear(x, self.qkv[...], self.dtype)
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias[...]
-        qkv = constrain(qkv, ("batch", "length", None, "heads", "kv"))
-        out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], allowed, self.dtype)
+        return constrain(qkv, ("batch", "length", None, "heads", "kv"))
+
+    def output(self, out: jax.Array) -> jax.Array:
+        """Attention result [B, N, H, hd] -> [B, N, D]."""
         y = linear(out, self.proj[...], self.dtype, contract=2)
         if self.proj_bias is not None:
             y = y + self.proj_bias[...]
         return y
+
+    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+        qkv = self.project(x)
+        return self.output(attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], allowed, self.dtype))
 
 
 class CrossAttention(nnx.Module):
@@ -355,19 +362,25 @@ class CrossAttention(nnx.Module):
                           ("heads", "kv", "embed"))
         self.proj_bias = param(jnp.zeros((dim,)), ("embed",)) if proj_bias else None
 
-    def __call__(self, x: jax.Array, context: jax.Array, allowed: jax.Array) -> jax.Array:
+    def project_query(self, x: jax.Array) -> jax.Array:
+        """[B, N, D] -> q [B, N, H, hd]."""
         q = linear(x, self.q[...], self.dtype)
-        kv = linear(context, self.kv[...], self.dtype)
         if self.q_bias is not None:
             q = q + self.q_bias[...]
+        return constrain(q, ("batch", "length", "heads", "kv"))
+
+    def project_context(self, context: jax.Array) -> jax.Array:
+        """[B, Nc, D] -> k, v stacked [B, Nc, 2, H, hd]."""
+        kv = linear(context, self.kv[...], self.dtype)
+        if self.kv_bias is not None:
             kv = kv + self.kv_bias[...]
-        q = constrain(q, ("batch", "length", "heads", "kv"))
-        kv = constrain(kv, ("batch", "length", None, "heads", "kv"))
-        out = attend(q, kv[:, :, 0], kv[:, :, 1], allowed, self.dtype)
-        y = linear(out, self.proj[...], self.dtype, contract=2)
-        if self.proj_bias is not None:
-            y = y + self.proj_bias[...]
-        return y
+        return constrain(kv, ("batch", "length", None, "heads", "kv"))
+
+    output = SelfAttention.output
+
+    def __call__(self, x: jax.Array, context: jax.Array, allowed: jax.Array) -> jax.Array:
+        q, kv = self.project_query(x), self.project_context(context)
+        return self.output(attend(q, kv[:, :, 0], kv[:, :, 1], allowed, self.dtype))
 
 
 class Mlp(nnx.Module):
@@ -452,6 +465,29 @@ class DecoderBlock(nnx.Module):
         y = y + self.mlp(self.norm2(y))
         return constrain(y, ("batch", "length", "embed"))
 
+    def context_keys(self, context: jax.Array) -> jax.Array:
+        """The cross-attention keys and values of `context` [B, Nc, 2, H, hd]: fixed while a
+        sequence is decoded token by token, so computed once (`m4.model.incremental`)."""
+        return self.cross_attn.project_context(self.context_norm(context))
+
+    def step(self, y: jax.Array, cache: tuple[jax.Array, jax.Array], index: jax.Array,
+             context_kv: jax.Array, cross_allowed: jax.Array):
+        """One causal-sequence row through the block with a key/value cache.
+
+        y [B, 1, D] is row `index`; cache (k, v) each [B, R, H, hd] holds rows < index and gets
+        this row's. Equal to row `index` of `__call__` over rows 0..R-1 with the causal mask.
+        Returns (y [B, 1, D], cache)."""
+        qkv = self.self_attn.project(self.norm1(y))                          # [B, 1, 3, H, hd]
+        k = jax.lax.dynamic_update_slice_in_dim(cache[0], qkv[:, :, 1], index, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(cache[1], qkv[:, :, 2], index, axis=1)
+        upto = (jnp.arange(k.shape[1]) <= index)[None, None, :]              # [1, 1, R]
+        y = y + self.self_attn.output(attend(qkv[:, :, 0], k, v, upto, self.self_attn.dtype))
+        q = self.cross_attn.project_query(self.query_norm(y))
+        y = y + self.cross_attn.output(attend(q, context_kv[:, :, 0], context_kv[:, :, 1],
+                                              cross_allowed, self.cross_attn.dtype))
+        y = y + self.mlp(self.norm2(y))
+        return y, (k, v)
+
 
 def stacked(make_block, depth: int, rngs: nnx.Rngs):
     """`depth` blocks whose parameters are stacked on a leading 'layers' axis."""
@@ -462,6 +498,14 @@ def stacked(make_block, depth: int, rngs: nnx.Rngs):
         return make_block(r)
 
     return make(rngs)
+
+
+def unstacked(blocks) -> list:
+    """The blocks of a stack as separate modules (under jit the per-layer slices are free views
+    of the stacked weights), for loops that need per-layer state such as a key/value cache."""
+    graphdef, state = nnx.split(blocks)
+    depth = jax.tree.leaves(state)[0].shape[0]
+    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(depth)]
 
 
 def run_stacked(blocks, x: jax.Array, consts: tuple, *, scan: bool, remat: str) -> jax.Array:
