@@ -35,6 +35,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# One measurement of the matmul peak for every benchmark (same dot, same layout).
+from benchmarks.train_step import matmul_peak  # noqa: E402
 
 REFERENCE_SECONDS = {1: 0.70, 8: 5.3}
 REQUIRED_SPEEDUP = {1: 3.0, 8: 1.5}
@@ -71,22 +73,6 @@ def maskgit_flops(config, cond_slots: int, length: int, vocab: int, counts) -> f
                   + n_enc * d * d + n_dec * d * vocab)                       # context, logits
         known += count
     return 2.0 * total
-
-
-def matmul_rate(reps: int = 20) -> float:
-    """Best fp32 FLOP/s of a [1024, 1024] x [1024, 1024] dot on this process's cores."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((1024, 1024), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * 1024 ** 3 / best
 
 
 def run_one(loop: str, batch: int, repeats: int, threads: int, size: str) -> dict:
@@ -136,7 +122,7 @@ def run_one(loop: str, batch: int, repeats: int, threads: int, size: str) -> dic
            "traces": dict(sampler.traces), "gflop": round(flops / 1e9, 2),
            "gflops_median": round(flops / median / 1e9, 1),
            "gflops_per_cpu_s": round(flops / cpu_median / 1e9, 1),
-           "matmul_peak_gflops": round(matmul_rate() / 1e9, 1),
+           "matmul_peak_gflops": round(matmul_peak("float32") / 1e9, 1),
            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     ref = REFERENCE_SECONDS.get(batch)
     if ref and size == "tiny":
