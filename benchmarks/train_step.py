@@ -74,7 +74,8 @@ def model_flops(cfg, batches: list[dict]) -> float:
     return 3.0 * (cfg.encoder_depth * enc + cfg.decoder_depth * dec + loss)
 
 
-def run_one(batch: int, dtype: str, steps: int, model_overrides: dict | None = None) -> dict:
+def run_one(batch: int, dtype: str, steps: int, model_overrides: dict | None = None,
+            breakdown: bool = False) -> dict:
     import jax
     from flax import nnx
 
@@ -132,6 +133,7 @@ def run_one(batch: int, dtype: str, steps: int, model_overrides: dict | None = N
         # CPU seconds of all threads: less sensitive than wall time to other jobs' load.
         cpu_times.append(time.process_time() - c)
     step_s = float(np.median(times))
+    parts = phase_times(model, state, device_batches, mesh, steps) if breakdown else None
     peak = matmul_peak("float32" if dtype == "float32" else "bfloat16")
     ref = REFERENCE.get(batch)
     return {
@@ -146,7 +148,35 @@ def run_one(batch: int, dtype: str, steps: int, model_overrides: dict | None = N
         "fraction_of_peak": round(flops / step_s / peak, 3) if peak else None,
         "speedup_vs_reference_fp32": round(ref["step_s"] / step_s, 2) if ref else None,
         "loss": float(m["loss"]),
+        **({"phases_s_median": parts} if parts else {}),
     }
+
+
+def phase_times(model, state, batches: list, mesh, steps: int) -> dict:
+    """Median seconds of the step's phases, each compiled on its own: the forward loss, the
+    forward + backward pass (gradients, no update); the optimizer's share is the rest of a step."""
+    import jax
+    from flax import nnx
+
+    def loss(params, batch):
+        return nnx.merge(model.graphdef, params, state["rest"]).loss(batch, "mod")[0]
+
+    def grads(params, batch):
+        g = jax.grad(loss)(params, batch)
+        return jax.tree.reduce(lambda a, x: a + (x.astype(np.float32) ** 2).sum(), g, 0.0)
+
+    out = {}
+    with jax.set_mesh(mesh):
+        for name, fn in (("forward", loss), ("forward_backward", grads)):
+            f = jax.jit(fn)
+            f(state["params"], batches[0]).block_until_ready()
+            times = []
+            for i in range(steps):
+                t = time.perf_counter()
+                f(state["params"], batches[i % len(batches)]).block_until_ready()
+                times.append(time.perf_counter() - t)
+            out[name] = round(float(np.median(times)), 4)
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -169,11 +199,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--model", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="FourMConfig overrides, e.g. scan_layers=true logits=full")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the forward loss and forward + backward alone")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
         print(json.dumps(run_one(args.batch[0], args.dtype[0], args.steps,
-                                 parse_overrides(args.model))))
+                                 parse_overrides(args.model), args.breakdown)))
         return
     from m4.cli import RUNTIME_ENV
 
@@ -183,6 +215,7 @@ def main() -> None:
             env = dict(os.environ, **RUNTIME_ENV)   # user values already merged in RUNTIME_ENV
             out = subprocess.run([sys.executable, __file__, "--single", "--batch", str(batch),
                                   "--dtype", dtype, "--steps", str(args.steps),
+                                  *(["--breakdown"] if args.breakdown else []),
                                   "--model", *args.model], env=env,
                                  capture_output=True, text=True, cwd=REPO)
             if out.returncode:

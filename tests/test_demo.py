@@ -13,16 +13,17 @@ import sys
 
 from PIL import Image
 
-from conftest import REPO_ROOT
 
 STAGES = ("preview", "tokenizers", "pretokenize", "train", "generations", "eval")
 
 
 def _demo(workdir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+    """Runs the demo as `make demo` does: a workdir relative to the current directory."""
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "m4.cli", "demo", "--workdir", str(workdir),
+    return subprocess.run([sys.executable, "-m", "m4.cli", "demo", "--workdir", workdir.name,
                            "--recipe", "tiny", "--quiet", *extra],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=workdir.parent, env=env, capture_output=True, text=True,
+                          timeout=900)
 
 
 def test_tiny_demo_runs_every_stage_then_resumes(tmp_path):

@@ -60,14 +60,16 @@ def test_config_errors_name_the_field(token_dir, tmp_path):
         loop.train(_config(token_dir, **{"mesh.data": 2, "mesh.fsdp": -1}), tmp_path, quiet=True)
 
 
-def test_trained_model_loads_and_saves_back(token_dir, tmp_path):
+def test_trained_model_loads_and_saves_back(token_dir, tmp_path, monkeypatch):
     import jax
     from flax import nnx
 
     from m4.train import model_io
 
     loop.train(_config(token_dir, total_steps=2), tmp_path / "run", quiet=True)
-    model = model_io.load_model(tmp_path / "run")
+    # A relative path, as `make demo` passes (runs/demo/model): orbax itself needs absolute ones.
+    monkeypatch.chdir(tmp_path)
+    model = model_io.load_model("run")
     assert [s.name for s in model.config.modalities] == ["rgb", "depth", "caption"]
     model_io.save_model(tmp_path / "saved", model, step=7)
     again = model_io.load_model(tmp_path / "saved")

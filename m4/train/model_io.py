@@ -55,7 +55,8 @@ def load_model(directory: str | pathlib.Path, *, step: int | None = None,
     `config` may override how the model computes (dtype, scan, remat); its modalities and sizes
     must match the saved ones.
     """
-    directory = pathlib.Path(directory)
+    # Absolute: orbax refuses relative checkpoint paths (`m4 eval --checkpoint runs/demo/model`).
+    directory = pathlib.Path(directory).absolute()
     saved = read_model_config(directory)
     if config is None:
         config = saved
