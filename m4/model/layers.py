@@ -117,10 +117,13 @@ def after(tree, signal: jax.Array):
     return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
 
 
-def _dot2(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
-    """2D product contracting dim contract[0] of `a` with dim contract[1] of `b`, f32 result."""
+def dot2(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype) -> jax.Array:
+    """2D product contracting dim contract[0] of `a` with dim contract[1] of `b`, operands in
+    the compute `dtype`, float32 result. The contracting dims are given as they are stored: the
+    CPU kernels read (1, 1) and (0, 0) directly, so no operand is transposed first."""
     dims = (((contract[0],), (contract[1],)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims,
+                               preferred_element_type=jnp.float32)
 
 
 def _matmul_grads(x: jax.Array, w: jax.Array, g: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
@@ -131,7 +134,7 @@ def _matmul_grads(x: jax.Array, w: jax.Array, g: jax.Array, dtype) -> tuple[jax.
         # float32: g . w^T (contracting the last dims of both) is read directly by the YNNPACK
         # kernels, and x^T . g (contracting the rows of both) runs as a plain dot about as fast
         # as the canonical one: materialising the transposes cost more than it saved.
-        return _dot2(gc, wc, (1, 1)), _dot2(xc, gc, (0, 0))
+        return dot2(gc, wc, (1, 1), dtype), dot2(xc, gc, (0, 0), dtype)
     # bfloat16 operands: only the canonical layout reaches the bf16 kernels (with float32
     # accumulation); other layouts fall back to a slow path, so transpose explicitly.
     return (jnp.dot(gc, _canonical_t(wc), preferred_element_type=jnp.float32),

@@ -32,14 +32,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from m4.model.layers import after
+from m4.model.layers import after, dot2
 
 
 def full_cross_entropy(h: jax.Array, targets: jax.Array, mod: jax.Array, valid: jax.Array,
                        table: jax.Array, offsets: tuple, sizes: tuple, dtype
                        ) -> tuple[jax.Array, jax.Array]:
     """Reference path: all logits [R, V], masked to each row's range. -> (nll [R], correct [R])."""
-    logits = _dot(h, table, (1, 1), dtype)                             # [R, V] f32
+    logits = dot2(h, table, (1, 1), dtype)                             # [R, V] f32
     lo = jnp.asarray(offsets, jnp.int32)[mod][:, None]
     hi = lo + jnp.asarray(sizes, jnp.int32)[mod][:, None]
     gid = jnp.arange(table.shape[0], dtype=jnp.int32)[None, :]
@@ -68,19 +68,11 @@ def _chunk_layout(mod, valid, slot_of_mod: tuple, num_target: int, chunk: int, c
     return slot, src, ok, start, nchunks
 
 
-def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype) -> jax.Array:
-    """A 2D product contracting dim contract[0] of `a` with dim contract[1] of `b`, operands in
-    the compute dtype, float32 result."""
-    dims = (((contract[0],), (contract[1],)), ((), ()))
-    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims,
-                               preferred_element_type=jnp.float32)
-
-
 def _chunk_logits(h_pad, w, row0, chunk: int, dtype):
     """Logits of one chunk of rows against one modality's table rows:
     h_c [C, D] . w [V_m, D]^T -> ([C, V_m] f32, h_c)."""
     hc = jax.lax.dynamic_slice_in_dim(h_pad, row0, chunk, axis=0)             # [C, D]
-    return _dot(hc, w, (1, 1), dtype), hc
+    return dot2(hc, w, (1, 1), dtype), hc
 
 
 def _chunk_forward(statics, h_pad, table, t_pad, start, nchunks):
@@ -149,9 +141,9 @@ def _chunked_ce_bwd(statics, residuals, cotangents):
             # d(lse - logit_t)/d logits = softmax - onehot(t), scaled by the row's cotangent.
             dlogits = jnp.exp(logits - lse[:, None]) * gc[:, None]
             dlogits = dlogits.at[jnp.arange(chunk), tc].add(-gc)                 # [C, V_m]
-            dhc = _dot(dlogits, w, (1, 0), dtype)                                # [C, D]
+            dhc = dot2(dlogits, w, (1, 0), dtype)                                # [C, D]
             dw = (jax.lax.dynamic_slice_in_dim(dtable, lo, size)
-                  + _dot(dlogits, hc, (0, 0), dtype))                            # [V_m, D]
+                  + dot2(dlogits, hc, (0, 0), dtype))                            # [V_m, D]
             return (jax.lax.dynamic_update_slice_in_dim(dh, dhc, row0, axis=0),
                     jax.lax.dynamic_update_slice_in_dim(dtable, dw, lo, axis=0))
 
