@@ -64,10 +64,10 @@ def test_non_finite_steps_are_skipped_and_counted():
 
 
 def _tree(rng, scale=1.0):
-    return {"encoder": {"norm1": {"scale": jnp.asarray(rng.standard_normal(5) * scale, jnp.float32)},
-                        "qkv": {"kernel": jnp.asarray(rng.standard_normal((3, 4)) * scale, jnp.float32),
-                                "bias": jnp.asarray(rng.standard_normal(4) * scale, jnp.float32)}},
-            "token_emb": jnp.asarray(rng.standard_normal((7, 3)) * scale, jnp.float32)}
+    leaf = lambda *shape: jnp.asarray(rng.standard_normal(shape) * scale, jnp.float32)
+    return {"encoder": {"norm1": {"scale": leaf(5)},
+                        "qkv": {"kernel": leaf(3, 4), "bias": leaf(4)}},
+            "token_emb": leaf(7, 3)}
 
 
 @pytest.mark.parametrize("clip", [None, 0.5])
