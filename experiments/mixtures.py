@@ -11,7 +11,7 @@ Names:
                  caption bias
   4m21           the 4M-21 main mixture (mix_mod21_all2allmix_rgb2all_capT5bias.yaml), 7 components
   demo           m4's built-in scene modalities (rgb, depth, normals, semseg, features, caption,
-                 poses)
+                 poses, and the rgb pixel patches rgb_pixels)
 
 Each config: `name`, `weights` (None = uniform over components), `input_tokens`, `target_tokens`
 (the totals N_in / N_tgt; the reference main runs use 128/128 for 4M-7 and 256/256 for 4M-21; a
@@ -105,18 +105,28 @@ def _4m21() -> ml_collections.ConfigDict:
     return _config("4m21", [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5], 256, 256, mods)
 
 
-DEMO_MODALITIES = ("rgb", "depth", "normals", "semseg", "features", "caption", "poses")
+DEMO_MODALITIES = ("rgb", "depth", "normals", "semseg", "features", "caption", "poses",
+                   "rgb_pixels")
 
 
 def _demo() -> ml_collections.ConfigDict:
     # Components: all2all alpha 0.5, all2all alpha 1.0, rgb->all, caption->all (equal weights, so
-    # half the samples are all2all as in 4M-7). In rgb->all / caption->all the source modality takes
-    # the whole input budget (alpha 1000; the caption is kept whole with keep "all") and is not a
-    # target, every other modality is a target with alpha 0.5.
+    # half the samples are all2all as in 4M-7). In rgb->all / caption->all the source takes the
+    # whole input budget (alpha 1000; the caption is kept whole with keep "all") and is not a
+    # target, every other modality is a target with alpha 0.5. As in 4M-7, RGB enters rgb->all as
+    # pixel patches (`rgb_pixels`, never a target) and the rgb tokens are inputs only in all2all
+    # (so generated rgb can condition later steps of a chain).
     mods = {}
     for mod in DEMO_MODALITIES:
-        source_in = [0.5, 1.0, 1000.0 if mod == "rgb" else 0.0, 1000.0 if mod == "caption" else 0.0]
-        source_tgt = [0.5, 1.0, 0.0 if mod == "rgb" else 0.5, 0.0 if mod == "caption" else 0.5]
+        source = {"rgb_pixels": 2, "caption": 3}.get(mod)
+        source_in = [0.5, 1.0, 0.0, 0.0]
+        source_tgt = [0.5, 1.0, 0.5, 0.5]
+        if source is not None:
+            source_in[source], source_tgt[source] = 1000.0, 0.0
+        if mod == "rgb":
+            source_tgt[2] = 0.0        # rgb tokens from rgb pixels: an easy copy, not trained
+        if mod == "rgb_pixels":
+            source_tgt = [0.0] * 4     # pixels are input only
         keep = ["random", "random", "random", "all"] if mod == "caption" else None
         mods[mod] = _entry(source_in, source_tgt, keep=keep)
     return _config("demo", [1.0, 1.0, 1.0, 1.0], 128, 128, mods)

@@ -51,6 +51,9 @@ class ModalitySpec:
     input: bool = True                # may appear in the encoder
     target: bool = True               # may be predicted by the decoder
     tokenizer: str | None = None      # name/path of the tokenizer artifact, informative
+    source: str | None = None         # the raw modality it is computed from when that is not its
+                                      # own name: "rgb" for RGB pixel patches "rgb_pixels" (the
+                                      # reference's rgb@224 beside tok_rgb@224)
 
     def __post_init__(self):
         def fail(field, expected, got):
@@ -100,6 +103,8 @@ class ModalitySpec:
             fail("pos_table", f">= length ({self.length})", self.pos_table)
         if not (self.input or self.target):
             fail("input/target", "at least one of them True", (self.input, self.target))
+        if self.source is not None and (not isinstance(self.source, str) or not self.source):
+            fail("source", "None or a non-empty raw modality name", self.source)
 
     # -- derived properties -------------------------------------------------------------------
     @property
@@ -109,6 +114,11 @@ class ModalitySpec:
     @property
     def is_continuous(self) -> bool:
         return self.kind in CONTINUOUS_KINDS
+
+    @property
+    def raw(self) -> str:
+        """The raw modality its values come from (a scene's key, a generation input's name)."""
+        return self.source or self.name
 
     @property
     def causal(self) -> bool:

@@ -6,7 +6,8 @@
 
 Record (one per sample): {"id", "index", "caption": str, "crops": float [K, 5],
 "tokens": {modality: int [K, *token_shape] (image: [K, h*w] row-major; poses: [K, F*t]),
-"caption": list of K int32 arrays (ids without [EOS]/[PAD])}}.
+"caption": list of K int32 arrays (ids without [EOS]/[PAD]), and with `--pixel-inputs rgb`
+"rgb_pixels": uint8 [K, L, p*p*3] patches}}.
 
 Parallel and resumable: the samples are cut into `--shards` contiguous shards; process p of P
 (`jax.distributed`, or `--process-index/--process-count` for plain worker processes) writes
@@ -32,6 +33,7 @@ import numpy as np
 from m4.data import augment, scenes, shards
 from m4.data.span_masking import SentinelSpec
 from m4.modalities import ModalitySpec
+from m4.model.adapters import patchify
 
 MANIFEST_FORMAT = "m4-token-shards/1"
 
@@ -85,6 +87,27 @@ def modality_spec(tokenizer) -> ModalitySpec:
     raise PretokenizeError(f"tokenizer {spec.modality!r}: unknown kind {spec.kind!r}")
 
 
+PIXELS_SUFFIX = "_pixels"
+
+
+def pixel_spec(tokenizer) -> ModalitySpec:
+    """The pixel-patch input beside an image tokenizer's tokens (the reference's `rgb@224` beside
+    `tok_rgb@224`): one patch per token position, so both share the grid and its positions."""
+    spec = tokenizer.spec
+    if spec.kind != "image":
+        raise PretokenizeError(f"--pixel-inputs {spec.modality}: pixel patches need an image "
+                               f"tokenizer, {spec.modality!r} is {spec.kind!r}")
+    raw = tuple(int(d) for d in spec.shape)
+    grid = tuple(int(g) for g in spec.token_shape)
+    if len(raw) != 3 or raw[0] % grid[0] or raw[1] % grid[1] or raw[0] // grid[0] != raw[1] // grid[1]:
+        raise PretokenizeError(f"--pixel-inputs {spec.modality}: raw shape {list(raw)} does not "
+                               f"split into square patches over the token grid {list(grid)}")
+    patch = raw[0] // grid[0]
+    return ModalitySpec(spec.modality + PIXELS_SUFFIX, "pixels", grid=grid, patch_size=patch,
+                        patch_dim=patch * patch * raw[2], source=spec.modality, target=False,
+                        tokenizer=spec.content_hash)
+
+
 def tokenizer_resolution(tokenizers: dict[str, Any]) -> int:
     """The image resolution every (non-text) tokenizer was trained for; they must agree."""
     found = {m: t.spec.resolution for m, t in tokenizers.items() if t.spec.kind != "text"}
@@ -101,12 +124,19 @@ def text_sentinels(tokenizer) -> SentinelSpec:
                         num_sentinels=ids["num_sentinels"] - 1)
 
 
-def expected_manifest(tokenizers: dict[str, Any]) -> dict:
+def expected_manifest(tokenizers: dict[str, Any], pixel_inputs: Sequence[str] = ()) -> dict:
     """What shards made with these tokenizers must declare (checked by training)."""
     out = {"modalities": {}}
     for name, tok in tokenizers.items():
         out["modalities"][name] = {"spec": modality_spec(tok).to_dict(),
                                    "tokenizer_hash": tok.spec.content_hash}
+    for name in pixel_inputs:
+        if name not in tokenizers:
+            raise PretokenizeError(f"--pixel-inputs {name}: no tokenizer for {name!r} (have "
+                                   f"{sorted(tokenizers)}); the patches share its token grid")
+        spec = pixel_spec(tokenizers[name])
+        out["modalities"][spec.name] = {"spec": spec.to_dict(),
+                                        "tokenizer_hash": tokenizers[name].spec.content_hash}
     return out
 
 
@@ -188,7 +218,8 @@ def shard_ranges(num_samples: int, num_shards: int) -> list[range]:
 
 
 def _tokenize_chunk(samples: list[dict], indices: list[int], tokenizers: dict, crops: int,
-                    seed: int, scene_cfg: scenes.SceneConfig | None, flip_prob: float) -> list[dict]:
+                    seed: int, scene_cfg: scenes.SceneConfig | None, flip_prob: float,
+                    pixel_inputs: Sequence[str] = ()) -> list[dict]:
     image_names = [m for m, t in tokenizers.items() if t.spec.kind != "text"]
     resolution = samples[0]["rgb"].shape[0] if "rgb" in samples[0] else \
         next(t.spec.resolution for t in tokenizers.values())
@@ -214,6 +245,16 @@ def _tokenize_chunk(samples: list[dict], indices: list[int], tokenizers: dict, c
         dtype = np.int16 if tokenizers[name].spec.vocab_size <= np.iinfo(np.int16).max else np.int32
         for r, t in zip(records, tokens):
             r["tokens"][name] = t.astype(dtype)
+        if name in pixel_inputs:
+            # uint8 patches [K, L, p*p*C], normalised when masked (m4.data.pixels).
+            spec = pixel_spec(tokenizers[name])
+            if batch.dtype != np.uint8:
+                raise PretokenizeError(f"--pixel-inputs {name}: expected uint8 images, got "
+                                       f"{batch.dtype}")
+            patches = patchify(batch, spec.patch_size).reshape(len(samples), crops, spec.length,
+                                                                spec.patch_dim)
+            for r, p in zip(records, patches):
+                r["tokens"][spec.name] = np.ascontiguousarray(p)
     for name, tok in tokenizers.items():
         if tok.spec.kind != "text":
             continue
@@ -228,8 +269,11 @@ def _tokenize_chunk(samples: list[dict], indices: list[int], tokenizers: dict, c
 def pretokenize(source: Source, tokenizers: dict, out: str | os.PathLike, *, crops: int = 1,
                 num_shards: int = 8, seed: int = 0, batch_size: int = 64,
                 process_index: int = 0, process_count: int = 1, flip_prob: float = 0.0,
-                progress: bool = True) -> dict:
-    """Writes this process's shards; returns counts {written, skipped, shards}."""
+                pixel_inputs: Sequence[str] = (), progress: bool = True) -> dict:
+    """Writes this process's shards; returns counts {written, skipped, shards}.
+
+    pixel_inputs: image modalities whose pixel patches are stored too (as `<name>_pixels`, an
+    input-only `pixels` modality over the same grid; see `pixel_spec`)."""
     if crops < 1:
         raise PretokenizeError(f"--crops: expected >= 1, got {crops}")
     if num_shards < 1 or num_shards > len(source.samples):
@@ -237,7 +281,8 @@ def pretokenize(source: Source, tokenizers: dict, out: str | os.PathLike, *, cro
                                f"samples), got {num_shards}")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = expected_manifest(tokenizers)
+    pixel_inputs = tuple(dict.fromkeys(pixel_inputs))
+    manifest = expected_manifest(tokenizers, pixel_inputs)
     manifest.update(format=MANIFEST_FORMAT, crops=crops, num_records=len(source.samples),
                     num_shards=num_shards, source=source.description, seed=seed,
                     crop_flip_prob=flip_prob)
@@ -261,7 +306,7 @@ def pretokenize(source: Source, tokenizers: dict, out: str | os.PathLike, *, cro
                 samples = [source.samples[i] for i in part]
                 for record in _tokenize_chunk(samples, [source.index_of(i) for i in part],
                                               tokenizers, crops, seed, source.scene_config,
-                                              flip_prob):
+                                              flip_prob, pixel_inputs):
                     writer.write(record)
                 bar.update(len(part))
     bar.close()
@@ -307,6 +352,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip-prob", type=float, default=0.0,
                         help="horizontal flip probability of the extra crops (0 for scenes: "
                              "captions state left/right)")
+    parser.add_argument("--pixel-inputs", nargs="*", default=[], metavar="MODALITY",
+                        help="also store these image modalities' pixel patches (uint8) as input "
+                             "modalities '<name>_pixels', e.g. rgb (the reference's rgb@224)")
     parser.add_argument("--process-index", type=int, default=None,
                         help="this worker's index (default: jax.process_index())")
     parser.add_argument("--process-count", type=int, default=None,
@@ -329,7 +377,8 @@ def main(args) -> int:
                              resolution=resolution)
         result = pretokenize(source, tokenizers, args.out, crops=args.crops,
                              num_shards=args.shards, seed=args.seed, batch_size=args.batch_size,
-                             process_index=index, process_count=count, flip_prob=args.flip_prob)
+                             process_index=index, process_count=count, flip_prob=args.flip_prob,
+                             pixel_inputs=args.pixel_inputs)
     except (PretokenizeError, shards.ShardError) as e:
         print(f"m4 pretokenize: error: {e}")
         return 2

@@ -225,3 +225,20 @@ def test_matrix_subset_padding_and_batch_size(tiny):
     for row, target in (("rgb", "depth"), ("depth", "rgb"), (ALL_OTHERS, "rgb")):
         assert a["cells"][row][target]["metrics"] == pytest.approx(
             b["cells"][row][target]["metrics"])
+
+
+def test_rgb_rows_feed_the_pixel_patches_of_a_model_that_has_them(tiny):
+    from m4.eval.matrix import _fed
+    from m4.generate import Generator
+    from m4.pretokenize import pixel_spec
+
+    toks = tiny["tokenizers"]
+    specs = [modality_spec(toks[m]) for m in TINY_TOKENIZER_MODALITIES] + [pixel_spec(toks["rgb"])]
+    model = FourM(preset("tiny", specs, dim=32, num_heads=2, encoder_depth=1, decoder_depth=1),
+                  rngs=nnx.Rngs(0))
+    assert _fed(Generator(model, toks), ["rgb", "depth"]) == ["rgb_pixels", "depth"]
+    result = evaluate_matrix(model, toks, n=2, modalities=["rgb", "depth"], progress=False)
+    assert result["rows"] == ["rgb", "depth", ALL_OTHERS]
+    assert result["settings"]["not_evaluated"] == ["semseg", "poses", "caption"]
+    assert math.isfinite(result["cells"]["rgb"]["depth"]["value"])
+    assert result["cells"][ALL_OTHERS]["rgb"]["inputs"] == ["depth"]

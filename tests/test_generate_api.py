@@ -174,3 +174,40 @@ def test_cli_errors(assets, tmp_path):
         cli.main(parser.parse_args(base + ["--input", "normals=x.png", "--target", "depth"]))
     with pytest.raises(cli.GenerateCliError, match="at least one target"):
         cli.main(parser.parse_args(base))
+
+
+def test_raw_rgb_feeds_the_pixel_patches_when_the_model_has_them(assets):
+    from m4.data import pixels
+    from m4.model.adapters import patchify
+    from m4.pretokenize import pixel_spec
+
+    toks = assets["tokenizers"]
+    patches = pixel_spec(toks["rgb"])
+    assert (patches.name, patches.source, patches.input, patches.target) == (
+        "rgb_pixels", "rgb", True, False)
+    specs = list(assets["model"].config.modalities) + [patches]
+    model = FourM(preset("tiny", specs, dim=32, num_heads=2, encoder_depth=2, decoder_depth=2),
+                  rngs=nnx.Rngs(1))
+    gen = Generator(model, toks, loop="fori")
+    image = assets["rgb"]
+    assert gen.input_modality("rgb", image) == "rgb_pixels"
+    state = gen.encode_inputs([{"rgb": image}])
+    assert list(state) == ["rgb_pixels"]
+    want = pixels.normalize(patchify(image[None], patches.patch_size)[0], 3)
+    np.testing.assert_allclose(state["rgb_pixels"].values[0], want, rtol=1e-6)
+    # Normalised floats (an image or its patches) are taken as they are.
+    float_image = pixels.normalize(image, 3)
+    np.testing.assert_allclose(gen.encode_inputs([{"rgb": float_image}])["rgb_pixels"].values[0],
+                               want, rtol=1e-6)
+    # Token ids still feed the rgb tokens; a batch may not mix the two.
+    ids = toks["rgb"].encode(image[None])[0]
+    assert list(gen.encode_inputs([{"rgb": Tokens(ids)}])) == ["rgb"]
+    with pytest.raises(GenerationInputError, match="mixes token ids and raw data"):
+        gen.encode_inputs([{"rgb": image}, {"rgb": Tokens(ids)}])
+    with pytest.raises(GenerationInputError, match="already gives"):
+        gen.encode_inputs([{"rgb": image, "rgb_pixels": want}])
+    # RGB -> depth reads the patches: another image changes the prediction.
+    other = np.ascontiguousarray(255 - image)
+    a = gen.generate({"rgb": image}, [TargetSpec("depth", steps=1)])["tokens"]["depth"]
+    b = gen.generate({"rgb": other}, [TargetSpec("depth", steps=1)])["tokens"]["depth"]
+    assert (a != b).any()

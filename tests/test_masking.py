@@ -515,7 +515,9 @@ def test_fixture_captions_merge_back_to_their_text():
 def test_demo_mixture_source_components():
     config = load_config(MIXTURES + ":demo")
     specs = [image(n, side=8) for n in ("rgb", "depth", "normals", "semseg", "features")]
-    specs += [text(length=48), ModalitySpec(name="poses", kind="vectors", vocab_size=64, length=8)]
+    specs += [text(length=48), ModalitySpec(name="poses", kind="vectors", vocab_size=64, length=8),
+              ModalitySpec(name="rgb_pixels", kind="pixels", grid=(8, 8), patch_dim=12,
+                           patch_size=2, source="rgb", target=False)]
     masker = Masker.from_config(specs, config, sentinels=S)
     rng = np.random.default_rng(16)
     seen = set()
@@ -523,8 +525,11 @@ def test_demo_mixture_source_components():
         sample = random_sample(specs, rng, text_len=(5, 30))
         out, budgets = masker.mask(sample, rng)
         seen.add(budgets.component)
-        if budgets.component == 2:  # rgb -> all: the whole grid visible, rgb not a target
-            assert budgets.input[0] == 64 and budgets.target[0] == 0
+        assert budgets.target[7] == 0   # pixels are never a target
+        if budgets.component == 2:  # rgb -> all: every pixel patch visible, rgb tokens neither
+            assert budgets.input[7] == 64 and budgets.input[0] == 0 and budgets.target[0] == 0
+        if budgets.component == 3:  # no rgb in caption -> all
+            assert budgets.input[7] == 0 and budgets.input[0] == 0
         if budgets.component == 3:  # caption -> all: the caption whole (keep "all"), no target
             ids, _ = slots(out, 5, "enc")
             np.testing.assert_array_equal(ids, np.r_[sample["caption"], S.eos_id])

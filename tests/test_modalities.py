@@ -6,7 +6,8 @@ from m4.modalities import ModalitySpec, ModalitySpecError, Vocabulary, validate_
 
 def specs():
     return (ModalitySpec("rgb", "image", vocab_size=7, grid=(2, 3)),
-            ModalitySpec("pix", "pixels", patch_dim=12, patch_size=2, grid=(2, 3), target=False),
+            ModalitySpec("pix", "pixels", patch_dim=12, patch_size=2, grid=(2, 3), target=False,
+                         source="rgb"),
             ModalitySpec("caption", "sequence", vocab_size=11, length=5, pos_table=8),
             ModalitySpec("pose", "vectors", vocab_size=3, length=4, positions="learned"))
 
@@ -15,6 +16,7 @@ def test_grid_sets_length_and_properties():
     rgb, pix, cap, pose = specs()
     assert rgb.length == 6 and rgb.num_positions == 6 and not rgb.causal
     assert pix.channels == 3 and pix.is_continuous and not pix.is_token
+    assert pix.raw == "rgb" and rgb.raw == "rgb"
     assert cap.causal and cap.num_positions == 8
     assert pose.positions == "learned" and pose.num_positions == 4
 
@@ -28,6 +30,7 @@ def test_grid_sets_length_and_properties():
     (dict(kind="pixels", patch_dim=12, grid=(2, 2)), "target"),
     (dict(kind="sequence", vocab_size=3, length=4, pos_table=2), "pos_table"),
     (dict(kind="sequence", vocab_size=3, length=4, positions="rope"), "positions"),
+    (dict(kind="pixels", patch_dim=12, grid=(2, 2), target=False, source=""), "source"),
 ])
 def test_invalid_specs_name_the_field(kwargs, field):
     with pytest.raises(ModalitySpecError, match=f"'{field}'"):

@@ -160,3 +160,29 @@ def test_training_reads_pretokenized_shards_and_checks_their_tokenizers(toks, ti
     config.data.tokenizers = str(other)
     with pytest.raises(shards.ShardError, match="'rgb' field 'tokenizer_hash'"):
         loop.train(config, tmp_path / "run2", quiet=True)
+
+
+def test_pixel_inputs_store_the_crops_patches_beside_the_tokens(toks, tmp_path):
+    from m4.model.adapters import patchify
+    from m4.pretokenize import pixel_spec
+
+    source = open_source("scenes", n=4, seed=5, resolution=32)
+    pretokenize(source, toks, tmp_path, crops=2, num_shards=1, seed=5, pixel_inputs=("rgb",),
+                progress=False)
+    manifest = shards.read_manifest(tmp_path)
+    spec = pixel_spec(toks["rgb"])
+    assert manifest["modalities"]["rgb_pixels"]["spec"] == spec.to_dict()
+    assert spec.grid == tuple(toks["rgb"].token_shape) and spec.patch_dim == spec.patch_size ** 2 * 3
+    for index, record in _records(tmp_path).items():
+        raw = scenes.render(5, index, scenes.SceneConfig(resolution=32))
+        stored = record["tokens"]["rgb_pixels"]
+        assert stored.dtype == np.uint8 and stored.shape == (2, spec.length, spec.patch_dim)
+        np.testing.assert_array_equal(stored[0], patchify(raw["rgb"][None], spec.patch_size)[0])
+        cropped = augment.apply_crop(raw, record["crops"][1], feature_patch=8,
+                                     feature_orientations=9)
+        np.testing.assert_array_equal(stored[1], patchify(cropped["rgb"][None],
+                                                          spec.patch_size)[0])
+    with pytest.raises(PretokenizeError, match="need an image tokenizer"):
+        expected_manifest(toks, pixel_inputs=("caption",))
+    with pytest.raises(PretokenizeError, match="no tokenizer for 'normals'"):
+        expected_manifest({"rgb": toks["rgb"]}, pixel_inputs=("normals",))

@@ -20,7 +20,8 @@ order, positions ascending. Everything is host-side numpy with an explicit `np.r
 (`Masker.__call__(sample, rng)` has the signature of a grain `random_map` function).
 
 A sample is `{modality name: array}`: image/vectors int [L] (or the [h, w] grid), pixels float
-[L, patch_dim] (or [h, w, patch_dim]), sequence int [n] text ids without padding (the masker
+[L, patch_dim] (or [h, w, patch_dim]; uint8 as stored in token shards is normalised by
+`m4.data.pixels.normalize`), sequence int [n] text ids without padding (the masker
 appends EOS and truncates, `span_masking.prepare_sequence`), embeddings float [n, patch_dim]
 (truncated to the spec's length, as the reference). A modality absent from the sample (or None)
 gets no tokens: it is left out of that sample's Dirichlet draws, so its share goes to the present
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from m4.data import span_masking
+from m4.data import pixels, span_masking
 from m4.data.span_masking import KEEP_SCHEMES, SentinelSpec
 from m4.modalities import KINDS, ModalitySpec
 
@@ -255,9 +256,13 @@ class _Packing:
                 raise MaskingError(f"{where}: expected shape {' or '.join(map(str, shapes))}, "
                                    f"got {value.shape}")
 
+        if spec.kind == "pixels" and value.dtype == np.uint8:
+            # Stored pixel patches (m4 pretokenize --pixel-inputs): scaled as generation does.
+            value = pixels.normalize(value, pixels.channels_of(spec), where=where)
         if spec.kind in CONTINUOUS_KINDS:
             if not np.issubdtype(value.dtype, np.floating):
-                raise MaskingError(f"{where}: expected float {spec.kind}, got dtype {value.dtype}")
+                raise MaskingError(f"{where}: expected float {spec.kind} (or uint8 pixels), got "
+                                   f"dtype {value.dtype}")
             if spec.kind == "embeddings":
                 if value.ndim != 2 or value.shape[1] != spec.patch_dim:
                     raise MaskingError(f"{where}: expected shape (n, {spec.patch_dim}), "

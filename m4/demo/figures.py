@@ -20,7 +20,7 @@ CAPTION_GUIDANCE = 2.0
 
 def generations(model, tokenizers: dict, *, n: int, resolution: int, seed: int = 0) -> Image.Image:
     generator = Generator(model, tokenizers)
-    names = [s.name for s in model.config.modalities]
+    names = [s.name for s in model.config.modalities if s.target]
     kinds = {name: render.kind_of(tokenizers.get(name)) for name in names}
     config = scenes.SceneConfig(resolution=resolution)
     truth = [scenes.render(seed, scenes.VALIDATION_START + i, config) for i in range(n)]

@@ -35,6 +35,10 @@ class Recipe:
     generation_scenes: int               # held-out scenes shown in generations.png
     eval_scenes: int                     # held-out scenes of the evaluation matrix
     eval_batch: int
+    # Image modalities the 4M also reads as pixel patches (`<name>_pixels`, as the reference reads
+    # rgb@224): measured on the demo, rgb -> semseg / caption from tokens alone stalled (see
+    # experiments/demo.py).
+    pixel_inputs: tuple[str, ...] = ("rgb",)
     # Modalities of the matrix (None: all). Each cell compiles its own decoding loop, so the
     # test-size run keeps four (16 cells instead of 49) to stay quick.
     eval_modalities: tuple[str, ...] | None = None

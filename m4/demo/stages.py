@@ -79,7 +79,8 @@ def pretokenize(workdir: pathlib.Path, recipe: Recipe, args: argparse.Namespace)
                             resolution=recipe.resolution)
     out = workdir / "tokens" / "train"
     counts = pt.pretokenize(source, toks, out, num_shards=min(8, recipe.train_scenes),
-                            seed=args.seed, progress=not args.quiet)
+                            seed=args.seed, pixel_inputs=recipe.pixel_inputs,
+                            progress=not args.quiet)
     return {"tokens": str(out), **counts}
 
 

@@ -147,7 +147,8 @@ def _select(model, tokenizers: Mapping[str, Any], modalities: Sequence[str] | No
         if int(spec.vocab_size) != int(tok.vocab_size):
             raise EvalError(f"tokenizer {name!r}: vocabulary {tok.vocab_size}, the model's "
                             f"{name!r} has {spec.vocab_size}; a different tokenizer?")
-    left_out = [n for n in by_name if n not in chosen]
+    # A pixel input of an evaluated modality is evaluated with it (the rgb row feeds rgb_pixels).
+    left_out = [n for n in by_name if n not in chosen and by_name[n].source not in chosen]
     return [by_name[n] for n in chosen], left_out
 
 
@@ -193,7 +194,10 @@ def evaluate_matrix(model, tokenizers: Mapping[str, Any], *, n: int, seed: int =
     # several steps compile far faster as one fori loop.
     generator = Generator(model, used, sentinels, loop="unrolled" if steps == 1 else "fori")
     by_name = {s.name: s for s in specs}
-    inputs = [s.name for s in specs if s.input]
+    # Rows are raw modalities: rgb feeds its pixel patches when the model has them (rgb_pixels,
+    # as the reference's RGB -> X), its tokens otherwise (Generator.input_modality).
+    pixel_sources = {s.source for s in model.config.modalities if s.input and s.kind == "pixels"}
+    inputs = [s.name for s in specs if s.input or s.name in pixel_sources]
     targets = [s.name for s in specs if s.target]
     if not targets:
         raise EvalError(f"modalities: none of {names} is a target of the model")
@@ -206,7 +210,7 @@ def evaluate_matrix(model, tokenizers: Mapping[str, Any], *, n: int, seed: int =
     render_s = time.perf_counter() - t0
     if caption_max_tokens is None and "caption" in targets:
         caption_max_tokens = _caption_budget(generator, truth["caption"], by_name["caption"])
-    schedules = {cell: generator.schedule(cell.inputs, [_target_spec(
+    schedules = {cell: generator.schedule(_fed(generator, cell.inputs), [_target_spec(
         by_name[cell.target], steps, temperature, caption_temperature, caption_max_tokens)])
         for cell in cells}
     b = min(batch_size, n)
@@ -280,7 +284,7 @@ def _run_cells(generator: Generator, cells: list[Cell], schedules: dict, samples
         for cell in cells:
             bar.set_postfix_str(f"{cell.row} -> {cell.target}")
             t0 = time.perf_counter()
-            sub = {m: state[m] for m in cell.inputs}
+            sub = {m: state[m] for m in _fed(generator, cell.inputs)}
             if cell.shuffled_caption:
                 sub["caption"] = shuffled
             spec = generator.by_name[cell.target]
@@ -295,6 +299,11 @@ def _run_cells(generator: Generator, cells: list[Cell], schedules: dict, samples
     bar.close()
     return {"preds": preds, "seconds": seconds, "first_batch_s": first_batch,
             "encode_s": encode_s}
+
+
+def _fed(generator: Generator, inputs: Sequence[str]) -> list[str]:
+    """The model modalities raw inputs feed (rgb -> rgb_pixels when the model has them)."""
+    return [generator.input_modality(m) for m in inputs]
 
 
 def _score_cells(cells: list[Cell], runs: dict, truth: dict, tokenizers: Mapping[str, Any],

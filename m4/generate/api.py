@@ -11,8 +11,10 @@ Inputs per modality (one example; `generate_batch` takes a list of them):
   ([h, w] or [L]); `Tokens(ids)` forces the ids reading when shapes would be ambiguous.
 - sequences: a str (needs the text tokenizer; `[S_k]` marks text to generate: `"a red sphere
   [S_1]"` is completed, a text without sentinel is a full input) or the visible ids.
-- pixels: float [H, W, C] (normalised as the model expects; patchified here) or [L, patch_dim];
-  embeddings: float [n, dim].
+- pixels: uint8 [H, W, C] (normalised by `m4.data.pixels.normalize`, as in training) or float
+  (already normalised), as an image [H, W, C] (patchified here) or patches [L, patch_dim];
+  embeddings: float [n, dim]. Raw data of a modality the model also reads as pixel patches goes
+  to the patches: `{"rgb": image}` feeds `rgb_pixels` (`Generator.input_modality`).
 Targets: names (defaults per modality, `schedules.default_target`), `TargetSpec`s, or a complete
 schedule (a list of `schedules.Step`, e.g. from `schedules.build_schedule`).
 
@@ -28,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from m4.data import pixels
 from m4.data.span_masking import SentinelSpec
 from m4.generate import schedules
 from m4.generate.sampler import Sampler, example_keys
@@ -95,15 +98,45 @@ class Generator:
                                            f"inputs[0]'s {sorted(names)}; a batch shares them")
         state: State = {}
         for name in names:
-            if name not in self.by_name:
-                raise GenerationInputError(f"input {name!r}: unknown modality (known: "
-                                           f"{list(self.by_name)})")
-            spec = self.by_name[name]
-            if not spec.input:
-                raise GenerationInputError(f"input {name!r}: the model takes no such input "
-                                           f"(spec.input is False)")
-            state[name] = self._encode_modality(spec, [ex[name] for ex in examples])
+            values = [ex[name] for ex in examples]
+            fed = {self.input_modality(name, v) for v in values}
+            if len(fed) != 1:
+                raise GenerationInputError(f"input {name!r}: the batch mixes token ids and raw "
+                                           f"data (they feed {sorted(fed)}); pass one kind")
+            model_name = fed.pop()
+            if model_name in state:
+                raise GenerationInputError(f"input {name!r}: feeds {model_name!r}, which another "
+                                           f"input already gives")
+            state[model_name] = self._encode_modality(self.by_name[model_name], values)
         return state
+
+    def input_modality(self, name: str, value: Any = None) -> str:
+        """The model modality an input `name` (with `value`) feeds: the modality of that name, or
+        for raw data of a modality the model reads as pixel patches, the patches: with rgb
+        tokens and `rgb_pixels` (source "rgb"), `{"rgb": image}` feeds `rgb_pixels` (the
+        reference's RGB -> X), `{"rgb": Tokens(ids)}` or token ids feed the rgb tokens."""
+        spec = self.by_name.get(name)
+        pixels = [s.name for s in self.specs if s.input and s.kind == "pixels" and s.source == name]
+        if pixels and not (spec is not None and spec.input and self._token_value(spec, value)):
+            return pixels[0]
+        if spec is None:
+            raise GenerationInputError(f"input {name!r}: unknown modality (known: "
+                                       f"{list(self.by_name)})")
+        if not spec.input:
+            raise GenerationInputError(f"input {name!r}: the model takes no such input "
+                                       f"(spec.input is False)")
+        return name
+
+    @staticmethod
+    def _token_value(spec, value) -> bool:
+        """Whether an image-like input value holds token ids rather than raw data."""
+        if isinstance(value, Tokens):
+            return True
+        if value is None or not spec.is_token:
+            return False
+        value = np.asarray(value)
+        shapes = [(spec.length,)] + ([tuple(spec.grid)] if spec.grid else [])
+        return value.shape in shapes and np.issubdtype(value.dtype, np.integer)
 
     def _encode_modality(self, spec, values: list) -> ModalityState:
         if spec.kind == "sequence":
@@ -175,11 +208,17 @@ class Generator:
 
     def _continuous(self, spec, value) -> np.ndarray:
         value = np.asarray(value)
+        if spec.kind == "pixels" and spec.patch_size and value.shape == (
+                spec.grid[0] * spec.patch_size, spec.grid[1] * spec.patch_size, spec.channels):
+            value = np.asarray(patchify(value[None], spec.patch_size))[0]   # an image
+        elif spec.kind == "pixels" and value.shape == (*spec.grid, spec.patch_dim):
+            value = value.reshape(spec.length, spec.patch_dim)
+        if spec.kind == "pixels" and value.dtype == np.uint8:
+            value = pixels.normalize(value, pixels.channels_of(spec), where=f"input {spec.name!r}")
         if not np.issubdtype(value.dtype, np.floating):
-            raise GenerationInputError(f"input {spec.name!r}: expected float values normalised "
-                                       f"as the model was trained, got dtype {value.dtype}")
-        if spec.kind == "pixels" and value.ndim == 3 and spec.patch_size:
-            value = np.asarray(patchify(value[None], spec.patch_size))[0]
+            raise GenerationInputError(f"input {spec.name!r}: expected uint8 pixels or float "
+                                       f"values normalised as the model was trained, got dtype "
+                                       f"{value.dtype}")
         return value.astype(np.float32)
 
     # -------------------------------------------------------------------------- schedule
