@@ -133,7 +133,10 @@ class FusedAdamW:
         def one(p, g, mu, nu, decay):
             g = g * clip.astype(g.dtype)
             mu2 = jnp.where(accept, (1 - cfg.b1) * g + cfg.b1 * mu, mu).astype(mu.dtype)
-            nu2 = jnp.where(accept, (1 - cfg.b2) * (g * g) + cfg.b2 * nu, nu).astype(nu.dtype)
+            # ((1 - b2) * g) * g, not (1 - b2) * (g * g): without clipping, g * g is the same
+            # expression as the norm's square, and XLA would then materialise it for both users
+            # (one more write and read of each gradient; ~18 ms per [V, D] table at tiny size).
+            nu2 = jnp.where(accept, (1 - cfg.b2) * g * g + cfg.b2 * nu, nu).astype(nu.dtype)
             # The new moments are written in place of the old ones (the state is donated) and the
             # parameter update reads the new ones. Without the barrier XLA recomputes them inside
             # the parameter's fusion from the old moments, and must then copy every old moment
