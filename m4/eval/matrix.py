@@ -196,8 +196,7 @@ def evaluate_matrix(model, tokenizers: Mapping[str, Any], *, n: int, seed: int =
     by_name = {s.name: s for s in specs}
     # Rows are raw modalities: rgb feeds its pixel patches when the model has them (rgb_pixels,
     # as the reference's RGB -> X), its tokens otherwise (Generator.input_modality).
-    pixel_sources = {s.source for s in model.config.modalities if s.input and s.kind == "pixels"}
-    inputs = [s.name for s in specs if s.input or s.name in pixel_sources]
+    inputs = [s.name for s in specs if s.input or s.name in generator.pixel_inputs]
     targets = [s.name for s in specs if s.target]
     if not targets:
         raise EvalError(f"modalities: none of {names} is a target of the model")

@@ -45,6 +45,11 @@ from m4.model.fourm import FourM
 _SENTINEL_TEXT = re.compile(r"\s*(\[S_\d+\])")
 
 
+def _token_shapes(spec) -> list[tuple[int, ...]]:
+    """Shapes token ids of an image-like input may take: [L], or the grid [h, w]."""
+    return [(spec.length,)] + ([tuple(spec.grid)] if spec.grid else [])
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokens:
     """Marks an input as token ids (never raw data for the tokenizer)."""
@@ -74,6 +79,9 @@ class Generator:
         self.model = model
         self.specs = model.config.modalities
         self.by_name = {s.name: s for s in self.specs}
+        # Raw modality -> the pixel-patch input computed from it (e.g. "rgb" -> "rgb_pixels").
+        self.pixel_inputs = {s.source: s.name for s in self.specs
+                             if s.input and s.kind == "pixels" and s.source}
         self.tokenizers = dict(tokenizers or {})
         unknown_names = sorted(set(self.tokenizers) - set(self.by_name))
         if unknown_names:
@@ -116,9 +124,9 @@ class Generator:
         tokens and `rgb_pixels` (source "rgb"), `{"rgb": image}` feeds `rgb_pixels` (the
         reference's RGB -> X), `{"rgb": Tokens(ids)}` or token ids feed the rgb tokens."""
         spec = self.by_name.get(name)
-        pixels = [s.name for s in self.specs if s.input and s.kind == "pixels" and s.source == name]
-        if pixels and not (spec is not None and spec.input and self._token_value(spec, value)):
-            return pixels[0]
+        patches = self.pixel_inputs.get(name)
+        if patches and not (spec is not None and spec.input and self._token_value(spec, value)):
+            return patches
         if spec is None:
             raise GenerationInputError(f"input {name!r}: unknown modality (known: "
                                        f"{list(self.by_name)})")
@@ -135,8 +143,7 @@ class Generator:
         if value is None or not spec.is_token:
             return False
         value = np.asarray(value)
-        shapes = [(spec.length,)] + ([tuple(spec.grid)] if spec.grid else [])
-        return value.shape in shapes and np.issubdtype(value.dtype, np.integer)
+        return value.shape in _token_shapes(spec) and np.issubdtype(value.dtype, np.integer)
 
     def _encode_modality(self, spec, values: list) -> ModalityState:
         if spec.kind == "sequence":
@@ -161,10 +168,9 @@ class Generator:
         raw_shape = tuple(tok.spec.shape) if tok is not None and hasattr(tok, "spec") else None
         if raw_shape is not None and value.shape == raw_shape:
             return None
-        token_shapes = [(spec.length,)] + ([tuple(spec.grid)] if spec.grid else [])
-        if value.shape in token_shapes and np.issubdtype(value.dtype, np.integer):
+        if self._token_value(spec, value):
             return value.reshape(-1)
-        expected = [f"token ids {list(s)}" for s in token_shapes]
+        expected = [f"token ids {list(s)}" for s in _token_shapes(spec)]
         if raw_shape is not None:
             expected.insert(0, f"raw data {list(raw_shape)} for its tokenizer")
         elif tok is None:
