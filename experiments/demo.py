@@ -37,8 +37,12 @@ def get_config(arg: str | None = None):
     # 45 s, train 1266 s, generations 39 s, eval 173 s).
     c.total_steps = 900
     c.log_every = 25
-    # lr = base_lr * batch / 256 = 1e-3: a short run of a small model wants a high rate.
-    c.optimizer.update(base_lr=4e-3, warmup_steps=100, min_lr=1e-5, clip_grad_norm=1.0)
+    # lr = base_lr * batch / 256 = 1.5e-3, decaying to 5e-4 only: a short run of a small model
+    # wants a high rate to the end. Measured on the demo's data (900 steps, 256 held-out scenes;
+    # rgb -> semseg mIoU / rgb -> caption F1): peak 1e-3 to 1e-5 0.531 / 0.330 (fresh-clone
+    # demo); 1e-3 to 2.5e-4 0.589 / 0.396; 1.5e-3 to 5e-4 0.635 / 0.505; 2e-3 to 7e-4 0.645 /
+    # 0.481 (final losses 2.088, 2.028, 2.026).
+    c.optimizer.update(base_lr=6e-3, warmup_steps=100, min_lr=5e-4, clip_grad_norm=1.0)
     c.checkpoint.update(every_steps=200, keep=2)
     # Unrolled blocks: at tiny size on CPU faster per step than the layer scan (the model's
     # default, kept for big models' compile time); see benchmarks/train_step.py.
