@@ -35,8 +35,8 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = {8: {"step_s": 1.27, "peak_rss_gb": 2.3}, 32: {"step_s": 4.36, "peak_rss_gb": 4.6}}
 # CPU features that decide whether bf16 operands can be faster than fp32: without a bf16 dot
-# instruction (AVX512-BF16 or AMX) XLA converts bf16 operands to fp32 inside the dot kernels, and
-# the bf16 mode is then slower than fp32 (measured on an AVX-512 Xeon without them: bf16-operand
+# instruction (AVX512-BF16 or AMX) bf16-operand dots run slower than fp32 ones, and the bf16 mode
+# is then slower than fp32 (measured on an AVX-512 Xeon without them: bf16-operand
 # matmul peak 224 GFLOP/s vs 336 fp32; train step 1.56 s vs 1.21 s at batch 8).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
