@@ -97,3 +97,40 @@ def test_fused_adamw_equals_the_optax_chain(clip):
         for a, b in zip(jax.tree.leaves((p_f, s_f)), jax.tree.leaves((p_r, s_r))):
             np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
     assert int(skipped_steps(s_f)) == 1
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_row_gradients_update_a_table_as_their_dense_sum_would(clip):
+    """apply_gradients(rows=...) on a [V, D] table: the same parameters, moments and norm as
+    optax on the dense gradient (the table's own gradient + the rows scatter-added, ids
+    repeated), through a skipped step whose non-finite value is in a row."""
+    from m4.train.optimizer import optax_adamw
+
+    cfg = OptimizerConfig(base_lr=0.3, global_batch=256, warmup_steps=2, total_steps=6,
+                          clip_grad_norm=clip)
+    fused, ref = make_optimizer(cfg), optax_adamw(cfg)
+    rng = np.random.default_rng(1)
+    params = _tree(rng)
+    p_f, s_f = params, fused.init(params)
+    p_r, s_r = params, ref.init(params)
+    step = jax.jit(fused.apply_gradients)
+    for i in range(5):
+        grads = _tree(rng, scale=3.0)
+        if i % 2:       # an untouched table gradient, as for an untied embedding
+            grads["token_emb"] = jnp.zeros_like(grads["token_emb"])
+        index = jnp.asarray([[1, 4, 1], [6, 1, 0]], jnp.int32)       # row 1 three times
+        values = jnp.asarray(rng.standard_normal((2, 3, 3)) * 3.0, jnp.float32)
+        if i == 2:
+            values = values.at[1, 2, 0].set(jnp.nan)
+        p_f, s_f, norm = step(grads, s_f, p_f, {("token_emb",): (index, values)})
+        dense = dict(grads, token_emb=grads["token_emb"].at[index.reshape(-1)].add(
+            values.reshape(-1, 3)))
+        updates, s_r = ref.update(dense, s_r, p_r)
+        p_r = optax.apply_updates(p_r, updates)
+        if i != 2:
+            np.testing.assert_allclose(norm, optax.tree.norm(dense), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves((p_f, s_f)), jax.tree.leaves((p_r, s_r))):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    assert int(skipped_steps(s_f)) == 1
+    with pytest.raises(ValueError, match="not parameters"):
+        fused.apply_gradients(grads, s_f, p_f, {("nope",): (index, values)})

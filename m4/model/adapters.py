@@ -118,6 +118,20 @@ def _lookup_rows_bwd(residuals, g):
 lookup_rows.defvjp(_lookup_rows_fwd, _lookup_rows_bwd)
 
 
+# Batch keys of the zero row offsets `embed_rows` adds (m4.train.sparse_rows puts them in the
+# training step's batch to read the looked-up rows' gradients off them).
+ROW_DELTA_KEYS = ("enc_row_delta", "dec_row_delta")
+
+
+def embed_rows(table: jax.Array, index: jax.Array, delta: jax.Array | None) -> jax.Array:
+    """The table's rows at `index`. With `delta` (zeros shaped like the result) the table gets
+    no gradient here and the rows' gradient is delta's: the training step then updates the table
+    from those rows alone (m4.train.sparse_rows), never forming a dense [V, D] gradient."""
+    if delta is None:
+        return lookup_rows(table, index)
+    return jnp.take(jax.lax.stop_gradient(table), index, axis=0) + delta.astype(table.dtype)
+
+
 def _token_index(offsets: tuple, sizes: tuple, mod: jax.Array, ids: jax.Array) -> jax.Array:
     offsets = jnp.asarray(offsets, jnp.int32)[mod]
     sizes = jnp.asarray(sizes, jnp.int32)[mod]
@@ -159,13 +173,18 @@ class EncoderEmbedding(nnx.Module):
         self.proj = nnx.List([ContinuousProjection(specs[i], dim, self.dtype, rngs)
                               for i in self.continuous])
 
+    def row_index(self, batch: dict) -> jax.Array:
+        """[B, N] row of the token table each encoder slot reads."""
+        return _token_index(self.vocab_offsets, self.vocab_sizes, batch["enc_mod"],
+                            batch["enc_ids"])
+
     def __call__(self, batch: dict, mod_emb: jax.Array) -> tuple[jax.Array, jax.Array]:
         mod, valid = batch["enc_mod"], batch["enc_valid"]                  # [B, N]
         emb = self.positions.lookup(mod, batch["enc_pos"]) + mod_emb[mod]   # [B, N, D]
         x = jnp.zeros_like(emb)
         if self.token_emb is not None:
-            index = _token_index(self.vocab_offsets, self.vocab_sizes, mod, batch["enc_ids"])
-            tokens = lookup_rows(self.token_emb[...], index)
+            tokens = embed_rows(self.token_emb[...], self.row_index(batch),
+                                batch.get(ROW_DELTA_KEYS[0]))
             x = jnp.where(jnp.asarray(self.is_token)[mod][..., None], tokens, x)
         for i, proj in zip(self.continuous, self.proj):
             x = jnp.where((mod == i)[..., None], proj(batch["enc_pixels"]), x)
@@ -202,12 +221,17 @@ class DecoderEmbedding(nnx.Module):
         """[V, D] output projection over the global vocabulary."""
         return (self.token_emb if self.tied else self.to_logits)[...]
 
+    def row_index(self, batch: dict) -> jax.Array:
+        """[B, N] row of the token table each decoder slot reads (teacher forcing)."""
+        return _token_index(self.vocab_offsets, self.vocab_sizes, batch["dec_mod"],
+                            batch["dec_ids_in"])
+
     def __call__(self, batch: dict, mod_emb: jax.Array) -> tuple[jax.Array, jax.Array]:
         mod = batch["dec_mod"]
         used = batch["dec_valid"] | batch["dec_attn_valid"]
         emb = self.positions.lookup(mod, batch["dec_pos"]) + mod_emb[mod]
-        index = _token_index(self.vocab_offsets, self.vocab_sizes, mod, batch["dec_ids_in"])
-        tokens = lookup_rows(self.token_emb[...], index)                    # teacher forcing
+        tokens = embed_rows(self.token_emb[...], self.row_index(batch),   # teacher forcing
+                            batch.get(ROW_DELTA_KEYS[1]))
         is_seq = jnp.asarray(self.is_sequence)[mod][..., None]
         x = jnp.where(is_seq, tokens, self.mask_token[...])
         keep = used[..., None]

@@ -56,7 +56,8 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
         decay_steps=decay_steps, end_value=cfg.min_lr)
 
 
-def _path_names(path: Sequence) -> list[str]:
+def param_path(path: Sequence) -> tuple[str, ...]:
+    """A parameter's tree path as names, without nnx's trailing `.value`."""
     names = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -65,14 +66,30 @@ def _path_names(path: Sequence) -> list[str]:
                 break
         else:
             names.append(str(entry))
-    return names
+    return tuple(n for n in names if n not in ("value", "raw_value"))
+
+
+def unique_rows(index: jax.Array, rows: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
+    """Rows of equal ids summed: (ids [n], sums [n, D]) with n = index.size fixed; unused slots
+    carry id `num_rows` (out of range: scatters drop them, gathers fill them)."""
+    flat = index.reshape(-1)
+    values = rows.reshape(flat.shape[0], rows.shape[-1])
+    order = jnp.argsort(flat)
+    ids, values = flat[order], values[order]
+    first = jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]])
+    slot = jnp.cumsum(first) - 1
+    sums = jax.ops.segment_sum(values, slot, num_segments=flat.shape[0],
+                               indices_are_sorted=True)
+    uid = jnp.full(flat.shape, num_rows, flat.dtype).at[slot].set(ids)
+    return uid, sums
+
 
 
 def decay_mask(params) -> object:
     """True where weight decay applies: everything but norms and biases (by parameter path)."""
     def decays(path, _leaf) -> bool:
         # nnx.State paths end in the Variable's `.value`; the parameter's own name comes before.
-        names = [n.lower() for n in _path_names(path) if n not in ("value", "raw_value")]
+        names = [n.lower() for n in param_path(path)]
         return not any("norm" in n for n in names) and not names[-1].endswith("bias")
     return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -108,12 +125,32 @@ class FusedAdamW:
         updates = jax.tree.map(lambda n, p: n - p, new_params, params)
         return updates, state
 
-    def apply_gradients(self, grads, state, params) -> tuple[Any, Any, jax.Array]:
-        """-> (new params, new state, global gradient norm before clipping)."""
+    def apply_gradients(self, grads, state, params, rows: dict | None = None
+                        ) -> tuple[Any, Any, jax.Array]:
+        """-> (new params, new state, global gradient norm before clipping).
+
+        rows: {parameter path: (index [...], row gradients [..., D])}: gradient rows to add to
+        those [V, D] parameters' `grads` (m4.train.sparse_rows), applied without forming the
+        dense sum; the result is the dense gradient's update."""
         cfg = self.cfg
         adam, masked, sched = _chain_states(state.inner_state, bool(cfg.clip_grad_norm))
         leaves = jax.tree.leaves(grads)
+        paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
+        sparse = {}
+        for path, g in zip(paths, leaves):
+            if rows and path in rows:
+                index, r = rows[path]
+                uid, sums = unique_rows(index, r.astype(jnp.float32), g.shape[0])
+                # The dense gradient's rows there, for the cross term of the squares.
+                dense = jnp.take(g.astype(jnp.float32), uid, axis=0, mode="fill", fill_value=0)
+                sparse[path] = (uid, sums, dense)
+        unknown = set(rows or ()) - set(sparse)
+        if unknown:
+            raise ValueError(f"apply_gradients: rows for {sorted(unknown)}, which are not "
+                             f"parameters (known: {paths})")
         sumsq = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)
+        # |g + s|^2 = |g|^2 + sum over the touched rows of (2 g_row s_row + s_row^2).
+        sumsq = sumsq + sum(jnp.sum(s * (2 * d + s)) for _, s, d in sparse.values())
         grad_norm = jnp.sqrt(sumsq)
         # A NaN/Inf anywhere makes the sum of squares non-finite (so does a norm beyond float32,
         # ~1e19: a step that large is skipped too).
@@ -130,13 +167,22 @@ class FusedAdamW:
         else:
             clip = jnp.float32(1.0)
 
-        def one(p, g, mu, nu, decay):
+        def one(p, g, mu, nu, decay, sparse_rows=None):
             g = g * clip.astype(g.dtype)
             mu2 = jnp.where(accept, (1 - cfg.b1) * g + cfg.b1 * mu, mu).astype(mu.dtype)
             # ((1 - b2) * g) * g, not (1 - b2) * (g * g): without clipping, g * g is the same
             # expression as the norm's square, and XLA would then materialise it for both users
             # (one more write and read of each gradient; ~18 ms per [V, D] table at tiny size).
             nu2 = jnp.where(accept, (1 - cfg.b2) * g * g + cfg.b2 * nu, nu).astype(nu.dtype)
+            if sparse_rows is not None:
+                # The touched rows' moments as if g had the rows added: mu gains (1-b1) s,
+                # nu gains (1-b2) ((g + s)^2 - g^2) = (1-b2) s (2 g + s) (all clipped).
+                uid, s, d = sparse_rows
+                s, d = s * clip, d * clip
+                keep = lambda x: jnp.where(accept, x, 0.0)
+                mu2 = mu2.at[uid].add(keep((1 - cfg.b1) * s).astype(mu.dtype), mode="drop")
+                nu2 = nu2.at[uid].add(keep((1 - cfg.b2) * s * (2 * d + s)).astype(nu.dtype),
+                                      mode="drop")
             # The new moments are written in place of the old ones (the state is donated) and the
             # parameter update reads the new ones. Without the barrier XLA recomputes them inside
             # the parameter's fusion from the old moments, and must then copy every old moment
@@ -149,9 +195,9 @@ class FusedAdamW:
             return jnp.where(accept, p2, p), mu2, nu2
 
         treedef = jax.tree.structure(params)
-        out = [one(*args) for args in zip(
-            jax.tree.leaves(params), leaves, jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu),
-            jax.tree.leaves(decay_mask(params)))]
+        out = [one(*args, sparse.get(path)) for path, *args in zip(
+            paths, jax.tree.leaves(params), leaves, jax.tree.leaves(adam.mu),
+            jax.tree.leaves(adam.nu), jax.tree.leaves(decay_mask(params)))]
         new_params, mu, nu = (jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(3))
         step_if = lambda new, old: jnp.where(accept, new, old)
         adam = adam._replace(count=step_if(count, adam.count), mu=mu, nu=nu)

@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from m4 import parallel
+from m4.train import sparse_rows
 
 TrainState = dict[str, Any]
 
@@ -89,16 +90,25 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, shardings, m
     """The jitted step `(state, batch) -> (state, metrics)`; the input state is donated."""
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        def loss_fn(params):
-            module = nnx.merge(model.graphdef, params, state["rest"])
-            return module.loss(batch, loss_type)
+        # The token tables' gradients come as looked-up rows (m4.train.sparse_rows).
+        probe = nnx.merge(model.graphdef, state["params"], state["rest"])
+        index = sparse_rows.plan(probe, batch)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        def loss_fn(params, deltas):
+            module = nnx.merge(model.graphdef, params, state["rest"])
+            return module.loss(dict(batch, **deltas), loss_type)
+
+        deltas = sparse_rows.zero_deltas(index, probe.config.dim)
+        (_, metrics), (grads, delta_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(state["params"], deltas)
+        rows = sparse_rows.by_table(index, delta_grads)
         if hasattr(tx, "apply_gradients"):
             # The fused optimizer (m4.train.optimizer) writes the new parameters directly and
             # hands back the gradient norm it computed anyway: one pass over the parameters.
-            params, opt, grad_norm = tx.apply_gradients(grads, state["opt"], state["params"])
+            params, opt, grad_norm = tx.apply_gradients(grads, state["opt"], state["params"],
+                                                        rows=rows)
         else:
+            grads = sparse_rows.densify(grads, rows)
             updates, opt = tx.update(grads, state["opt"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             grad_norm = optax.tree.norm(grads)
