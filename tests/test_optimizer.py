@@ -70,19 +70,23 @@ def _tree(rng, scale=1.0):
             "token_emb": leaf(7, 3)}
 
 
-@pytest.mark.parametrize("clip", [None, 0.5])
-def test_fused_adamw_equals_the_optax_chain(clip):
-    """Same parameters, moments and counters as optax's apply_if_finite(chain(clip, adamw)),
-    through warmup, a skipped non-finite step, and clipping."""
+def _fused_and_optax(clip, seed: int):
+    """The fused AdamW and optax's chain with one config, random parameters, their states."""
     from m4.train.optimizer import optax_adamw
 
     cfg = OptimizerConfig(base_lr=0.3, global_batch=256, warmup_steps=2, total_steps=6,
                           clip_grad_norm=clip)
     fused, ref = make_optimizer(cfg), optax_adamw(cfg)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     params = _tree(rng)
-    p_f, s_f = params, fused.init(params)
-    p_r, s_r = params, ref.init(params)
+    return fused, ref, rng, (params, fused.init(params)), (params, ref.init(params))
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_fused_adamw_equals_the_optax_chain(clip):
+    """Same parameters, moments and counters as optax's apply_if_finite(chain(clip, adamw)),
+    through warmup, a skipped non-finite step, and clipping."""
+    fused, ref, rng, (p_f, s_f), (p_r, s_r) = _fused_and_optax(clip, seed=0)
     assert jax.tree.structure(s_f) == jax.tree.structure(s_r)
     step = jax.jit(fused.apply_gradients)
     for i in range(5):
@@ -104,15 +108,7 @@ def test_row_gradients_update_a_table_as_their_dense_sum_would(clip):
     """apply_gradients(rows=...) on a [V, D] table: the same parameters, moments and norm as
     optax on the dense gradient (the table's own gradient + the rows scatter-added, ids
     repeated), through a skipped step whose non-finite value is in a row."""
-    from m4.train.optimizer import optax_adamw
-
-    cfg = OptimizerConfig(base_lr=0.3, global_batch=256, warmup_steps=2, total_steps=6,
-                          clip_grad_norm=clip)
-    fused, ref = make_optimizer(cfg), optax_adamw(cfg)
-    rng = np.random.default_rng(1)
-    params = _tree(rng)
-    p_f, s_f = params, fused.init(params)
-    p_r, s_r = params, ref.init(params)
+    fused, ref, rng, (p_f, s_f), (p_r, s_r) = _fused_and_optax(clip, seed=1)
     step = jax.jit(fused.apply_gradients)
     for i in range(5):
         grads = _tree(rng, scale=3.0)
