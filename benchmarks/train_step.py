@@ -48,7 +48,8 @@ def cpu_features() -> dict:
     except OSError:
         return {"model": platform.processor() or "unknown", "bf16_dot_instructions": None}
     model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
     return {"model": model.group(1).strip() if model else "unknown",
             "bf16_dot_instructions": sorted(flags & set(BF16_FLAGS))}
 

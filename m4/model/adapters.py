@@ -108,11 +108,16 @@ def _lookup_rows_fwd(table, index):
     return jnp.take(table, index, axis=0), (index, jnp.zeros((0,) + table.shape, table.dtype))
 
 
+def add_rows(table: jax.Array, index: jax.Array, rows: jax.Array) -> jax.Array:
+    """table [V, D] with rows [..., D] added at index [...] (rows of equal ids both added): the
+    gradient of a lookup, in the table's dtype."""
+    return table.at[index.reshape(-1)].add(rows.reshape(-1, rows.shape[-1]).astype(table.dtype))
+
+
 def _lookup_rows_bwd(residuals, g):
     index, like = residuals                                           # like: [0, V, D] (shape)
     zeros = after(jnp.zeros(like.shape[1:], jnp.float32), g)
-    d_table = zeros.at[index.reshape(-1)].add(g.reshape(-1, g.shape[-1]).astype(jnp.float32))
-    return d_table.astype(like.dtype), None
+    return add_rows(zeros, index, g).astype(like.dtype), None
 
 
 lookup_rows.defvjp(_lookup_rows_fwd, _lookup_rows_bwd)

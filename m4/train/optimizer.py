@@ -84,7 +84,6 @@ def unique_rows(index: jax.Array, rows: jax.Array, num_rows: int) -> tuple[jax.A
     return uid, sums
 
 
-
 def decay_mask(params) -> object:
     """True where weight decay applies: everything but norms and biases (by parameter path)."""
     def decays(path, _leaf) -> bool:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from m4.model.adapters import ROW_DELTA_KEYS
+from m4.model.adapters import ROW_DELTA_KEYS, add_rows
 from m4.train.optimizer import param_path
 
 # The token tables the row deltas stand for, as parameter paths (module attribute names).
+# `plan` reaches the tables through these same names, so a renamed attribute fails there
+# instead of leaving a table's rows unapplied.
 TABLE_PATHS = {ROW_DELTA_KEYS[0]: ("enc_embed", "token_emb"),
                ROW_DELTA_KEYS[1]: ("dec_embed", "token_emb")}
 
@@ -27,9 +29,10 @@ TABLE_PATHS = {ROW_DELTA_KEYS[0]: ("enc_embed", "token_emb"),
 def plan(module, batch: dict) -> dict[str, jax.Array]:
     """{delta key: [B, N] table rows read} for each token table the module has."""
     out = {}
-    if module.enc_embed.token_emb is not None:
-        out[ROW_DELTA_KEYS[0]] = module.enc_embed.row_index(batch)
-    out[ROW_DELTA_KEYS[1]] = module.dec_embed.row_index(batch)
+    for key, (embedding, table) in TABLE_PATHS.items():
+        embed = getattr(module, embedding)
+        if getattr(embed, table) is not None:
+            out[key] = embed.row_index(batch)
     return out
 
 
@@ -46,11 +49,6 @@ def densify(grads, rows: dict):
     """The dense gradients (for optimizers without a sparse path): each table's row gradients
     scatter-added into its gradient."""
     def add(path, g):
-        names = param_path(path)
-        hit = rows.get(names)
-        if hit is None:
-            return g
-        index, r = hit
-        return g.at[index.reshape(-1)].add(r.reshape(-1, r.shape[-1]).astype(g.dtype))
+        hit = rows.get(param_path(path))
+        return g if hit is None else add_rows(g, *hit)
     return jax.tree_util.tree_map_with_path(add, grads)
-
