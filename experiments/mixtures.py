@@ -116,6 +116,13 @@ def _demo() -> ml_collections.ConfigDict:
     # target, every other modality is a target with alpha 0.5. As in 4M-7, RGB enters rgb->all as
     # pixel patches (`rgb_pixels`, never a target) and the rgb tokens are inputs only in all2all
     # (so generated rgb can condition later steps of a chain).
+    # The caption is the exception in rgb->all: target alpha 2. With an empty caption input the
+    # whole caption is one span, cut to the caption's share of the target budget from its start,
+    # so at alpha 0.5 (share ~ Beta(0.5, 2.5) x 128 tokens) the whole caption (~45 tokens, up to
+    # 86) was the target in only 14% of rgb->all samples and the later objects of a caption were
+    # rarely learned from the image; at alpha 2, 58%; at alpha 5, 95%. Measured on the demo's
+    # data (900 steps, 256 held-out scenes; rgb -> caption F1 / rgb -> semseg mIoU): alpha 0.5
+    # 0.505 / 0.635, alpha 2 0.572 / 0.634, alpha 5 0.554 / 0.595 (the other targets starve).
     mods = {}
     for mod in DEMO_MODALITIES:
         source = {"rgb_pixels": 2, "caption": 3}.get(mod)
@@ -125,6 +132,8 @@ def _demo() -> ml_collections.ConfigDict:
             source_in[source], source_tgt[source] = 1000.0, 0.0
         if mod == "rgb":
             source_tgt[2] = 0.0        # rgb tokens from rgb pixels: an easy copy, not trained
+        if mod == "caption":
+            source_tgt[2] = 2.0
         if mod == "rgb_pixels":
             source_tgt = [0.0] * 4     # pixels are input only
         keep = ["random", "random", "random", "all"] if mod == "caption" else None

@@ -521,6 +521,7 @@ def test_demo_mixture_source_components():
     masker = Masker.from_config(specs, config, sentinels=S)
     rng = np.random.default_rng(16)
     seen = set()
+    whole_caption = []
     for _ in range(200):
         sample = random_sample(specs, rng, text_len=(5, 30))
         out, budgets = masker.mask(sample, rng)
@@ -528,6 +529,8 @@ def test_demo_mixture_source_components():
         assert budgets.target[7] == 0   # pixels are never a target
         if budgets.component == 2:  # rgb -> all: every pixel patch visible, rgb tokens neither
             assert budgets.input[7] == 64 and budgets.input[0] == 0 and budgets.target[0] == 0
+            # The caption (target alpha 2) is mostly the whole target: [S_0] text [EOS] [S_1].
+            whole_caption.append(budgets.target[5] >= len(sample["caption"]) + 3)
         if budgets.component == 3:  # no rgb in caption -> all
             assert budgets.input[7] == 0 and budgets.input[0] == 0
         if budgets.component == 3:  # caption -> all: the caption whole (keep "all"), no target
@@ -535,6 +538,8 @@ def test_demo_mixture_source_components():
             np.testing.assert_array_equal(ids, np.r_[sample["caption"], S.eos_id])
             assert budgets.target[5] == 0
     assert seen == {0, 1, 2, 3}
+    # P(whole caption) for these lengths: ~0.8 at alpha 2, ~0.3 at the others' alpha 0.5.
+    assert np.mean(whole_caption) > 0.6, np.mean(whole_caption)
 
 
 def test_batches_pass_the_model_batch_validation():
