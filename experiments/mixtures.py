@@ -110,10 +110,14 @@ DEMO_MODALITIES = ("rgb", "depth", "normals", "semseg", "features", "caption", "
 
 
 def _demo() -> ml_collections.ConfigDict:
-    # Components: all2all alpha 0.5, all2all alpha 1.0, rgb->all, caption->all (equal weights, so
-    # half the samples are all2all as in 4M-7). In rgb->all / caption->all the source takes the
-    # whole input budget (alpha 1000; the caption is kept whole with keep "all") and is not a
-    # target, every other modality is a target with alpha 0.5. As in 4M-7, RGB enters rgb->all as
+    # Components: all2all alpha 0.5, all2all alpha 1.0, rgb->all, caption->all, weighted 1/1/1.5/1
+    # (4M-7 weighs its all2all and rgb2all halves equally; here rgb->all gets 33% of the samples:
+    # the demo is judged on rgb -> X. Measured with the caption alpha below, 900 steps, 256
+    # held-out scenes, rgb -> caption F1 / rgb -> semseg mIoU / caption -> semseg: equal weights
+    # 0.572 / 0.634 / 0.544, 1/1/1.5/1 0.597 / 0.624 / 0.534, 1/1/2/1 0.631 / 0.603 / 0.516).
+    # In rgb->all / caption->all the source takes the whole input budget (alpha 1000; the caption
+    # is kept whole with keep "all") and is not a target, every other modality is a target with
+    # alpha 0.5. As in 4M-7, RGB enters rgb->all as
     # pixel patches (`rgb_pixels`, never a target) and the rgb tokens are inputs only in all2all
     # (so generated rgb can condition later steps of a chain).
     # The caption is the exception in rgb->all: target alpha 2. With an empty caption input the
@@ -138,7 +142,7 @@ def _demo() -> ml_collections.ConfigDict:
             source_tgt = [0.0] * 4     # pixels are input only
         keep = ["random", "random", "random", "all"] if mod == "caption" else None
         mods[mod] = _entry(source_in, source_tgt, keep=keep)
-    return _config("demo", [1.0, 1.0, 1.0, 1.0], 128, 128, mods)
+    return _config("demo", [1.0, 1.0, 1.5, 1.0], 128, 128, mods)
 
 
 _BUILDERS = {

@@ -519,6 +519,8 @@ def test_demo_mixture_source_components():
               ModalitySpec(name="rgb_pixels", kind="pixels", grid=(8, 8), patch_dim=12,
                            patch_size=2, source="rgb", target=False)]
     masker = Masker.from_config(specs, config, sentinels=S)
+    # rgb -> all weighs 1.5 (a third of the samples): the demo is judged on rgb -> X.
+    np.testing.assert_allclose(Mixture.from_config(config).weights, np.array([1, 1, 1.5, 1]) / 4.5)
     rng = np.random.default_rng(16)
     seen = set()
     whole_caption = []
