@@ -117,9 +117,9 @@ def _demo() -> ml_collections.ConfigDict:
     # 0.572 / 0.634 / 0.544, 1/1/1.5/1 0.597 / 0.624 / 0.534, 1/1/2/1 0.631 / 0.603 / 0.516).
     # In rgb->all / caption->all the source takes the whole input budget (alpha 1000; the caption
     # is kept whole with keep "all") and is not a target, every other modality is a target with
-    # alpha 0.5. As in 4M-7, RGB enters rgb->all as
-    # pixel patches (`rgb_pixels`, never a target) and the rgb tokens are inputs only in all2all
-    # (so generated rgb can condition later steps of a chain).
+    # alpha 0.5. As in 4M-7, RGB enters rgb->all as pixel patches (`rgb_pixels`, never a target)
+    # and the rgb tokens are inputs only in all2all (so generated rgb can condition later steps
+    # of a chain).
     # The caption is the exception in rgb->all: target alpha 2. With an empty caption input the
     # whole caption is one span, cut to the caption's share of the target budget from its start,
     # so at alpha 0.5 (share ~ Beta(0.5, 2.5) x 128 tokens) the whole caption (~45 tokens, up to
