@@ -55,3 +55,24 @@ def test_demo_refuses_a_workdir_of_another_recipe(tmp_path):
     out = _demo(workdir, "--only", "preview")
     assert out.returncode != 0
     assert "--recipe full, not tiny" in out.stderr
+
+
+def test_full_recipe_tokenizer_configs(tmp_path):
+    """The README demo's tokenizer configs: every modality's own override is a real field (a typo
+    fails here instead of being skipped), and rgb / semseg get the local encoder."""
+    import dataclasses
+
+    import pytest
+
+    from m4.demo.recipe import FULL, MODALITIES
+    from m4.demo.stages import tokenizer_config
+
+    configs = {name: tokenizer_config(name, FULL, tmp_path) for name in MODALITIES}
+    for name in ("rgb", "semseg"):
+        model = configs[name].model
+        assert (model.kernel_size, model.decoder_kernel_size, model.space_to_depth,
+                tuple(model.widths)) == (1, 3, 8, (128,)), name
+    assert configs["depth"].model.kernel_size == 3
+    bad = dataclasses.replace(FULL, tokenizer_overrides={"rgb": {"model.kernel_sise": 1}})
+    with pytest.raises(KeyError, match=r"tokenizer_overrides\['rgb'\]: 'model.kernel_sise'"):
+        tokenizer_config("rgb", bad, tmp_path)

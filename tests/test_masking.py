@@ -523,14 +523,15 @@ def test_demo_mixture_source_components():
     np.testing.assert_allclose(Mixture.from_config(config).weights, np.array([1, 1, 1.5, 1]) / 4.5)
     rng = np.random.default_rng(16)
     seen = set()
-    whole_caption = []
+    whole_caption, rgb_targets = [], []
     for _ in range(200):
         sample = random_sample(specs, rng, text_len=(5, 30))
         out, budgets = masker.mask(sample, rng)
         seen.add(budgets.component)
         assert budgets.target[7] == 0   # pixels are never a target
-        if budgets.component == 2:  # rgb -> all: every pixel patch visible, rgb tokens neither
-            assert budgets.input[7] == 64 and budgets.input[0] == 0 and budgets.target[0] == 0
+        if budgets.component == 2:  # rgb -> all: every pixel patch visible, no rgb token input
+            assert budgets.input[7] == 64 and budgets.input[0] == 0
+            rgb_targets.append(budgets.target[0])  # rgb tokens (codes of the pixels) a target
             # The caption (target alpha 2) is mostly the whole target: [S_0] text [EOS] [S_1].
             whole_caption.append(budgets.target[5] >= len(sample["caption"]) + 3)
         if budgets.component == 3:  # no rgb in caption -> all
@@ -542,6 +543,7 @@ def test_demo_mixture_source_components():
     assert seen == {0, 1, 2, 3}
     # P(whole caption) for these lengths: ~0.8 at alpha 2, ~0.3 at the others' alpha 0.5.
     assert np.mean(whole_caption) > 0.6, np.mean(whole_caption)
+    assert np.mean(np.asarray(rgb_targets) > 0) > 0.5, rgb_targets
 
 
 def test_batches_pass_the_model_batch_validation():

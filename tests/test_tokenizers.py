@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -283,3 +285,57 @@ def test_class_weights_favour_rare_classes():
     assert float((w * freq).sum()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="class_weighting"):
         class_weights(labels, 3, "inverse")
+
+
+# -------------------------------------------------------------------------------- locality
+@pytest.mark.parametrize("kernel,decoder_kernel,local_codes,local_decode",
+                         [(1, 1, True, True), (1, 3, True, False), (3, 0, False, False)])
+def test_local_tokenizer_codes_and_decodes_each_patch_alone(kernel, decoder_kernel, local_codes,
+                                                            local_decode):
+    """kernel_size 1 with one stage: a token depends on its own 8x8 patch only; a local decoder
+    (decoder_kernel_size 1) decodes a code to its own patch only. 3x3 convolutions mix
+    neighbours: the same probes see it (the test can fail)."""
+    from flax import nnx
+    from m4.tokenizers.vqvae import ImageVQ
+
+    config = _config("rgb").model
+    config.update(widths=(16,), space_to_depth=8, patch_size=8, kernel_size=kernel,
+                  decoder_kernel_size=decoder_kernel, mid_blocks=1)
+    quantizer = _config("rgb").quantizer
+    # FSQ: no trained codebook needed for codes to respond to every input change.
+    quantizer.update(kind="fsq", levels=(8, 8, 8))
+    vq = ImageVQ(config, quantizer, channels=3, rngs=nnx.Rngs(0))
+    for block in [*vq.encoder.mid, *vq.decoder.mid]:   # zero-init residuals: make them matter
+        block.conv2.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1),
+                                                          block.conv2.kernel.shape)
+    image = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3), minval=-1.0, maxval=1.0)
+    changed = image.at[0, 8:16, 8:16].set(-image[0, 8:16, 8:16])       # patch (1, 1) only
+    z0, z1 = vq.encoder(image), vq.encoder(changed)
+    moved = np.asarray(jnp.abs(z1 - z0).max(-1) > 1e-6)                  # [1, 4, 4]
+    assert moved[0, 1, 1]
+    assert (moved.sum() == 1) == local_codes, moved[0].astype(int)
+
+    codes = vq.encode(image)
+    other = codes.at[0, 2, 2].set((codes[0, 2, 2] + 7) % vq.codebook_size)
+    diff = np.asarray(jnp.abs(vq.decode(other) - vq.decode(codes)).max(-1) > 1e-6)[0]
+    assert diff[16:24, 16:24].any()
+    outside = diff.copy()
+    outside[16:24, 16:24] = False
+    assert (not outside.any()) == local_decode
+
+
+def test_kernel_sizes_default_and_checks():
+    from m4.tokenizers.vqvae import kernel_sizes
+
+    config = _config("rgb").model
+    assert kernel_sizes(config) == (3, 3)
+    config.update(kernel_size=1, decoder_kernel_size=0)
+    assert kernel_sizes(config) == (1, 1)              # 0: the decoder follows the encoder
+    config.decoder_kernel_size = 3
+    assert kernel_sizes(config) == (1, 3)
+    config.kernel_size = 2
+    with pytest.raises(ValueError, match=r"model.kernel_size: expected an odd size >= 1, got 2"):
+        kernel_sizes(config)
+    config.update(kernel_size=1, decoder_kernel_size=-1)
+    with pytest.raises(ValueError, match=r"model.decoder_kernel_size: expected an odd size"):
+        kernel_sizes(config)

@@ -43,12 +43,14 @@ def tokenizer_config(name: str, recipe: Recipe, cache_dir: pathlib.Path):
     spec = f"{path}:{recipe.tokenizer_arg}" if recipe.tokenizer_arg else str(path)
     config = load_config(spec)
     config.data.cache_dir = str(cache_dir)
-    overrides = {**recipe.tokenizer_overrides.get("*", {}),
-                 **recipe.tokenizer_overrides.get(name, {})}
-    for key, value in overrides.items():
+    own = recipe.tokenizer_overrides.get(name, {})
+    for key, value in {**recipe.tokenizer_overrides.get("*", {}), **own}.items():
         section, _, field = key.partition(".")
         if section in config and field in config[section]:
             config[section][field] = value
+        elif key in own:   # "*" fits only some tokenizers; a modality's own key must exist
+            raise KeyError(f"recipe tokenizer_overrides[{name!r}]: {key!r} is not a field of "
+                           f"{path.name}'s config")
     if recipe.tokenizer_max_minutes and "train" in config:
         config.train.max_minutes = recipe.tokenizer_max_minutes
     return config
