@@ -44,6 +44,11 @@ class Recipe:
     eval_modalities: tuple[str, ...] | None = None
 
 
+# A tokenizer whose encoder codes each 8x8 patch alone (one stage, 1x1 convolutions; see
+# m4.tokenizers.vqvae.kernel_sizes) and whose 3x3 decoder draws smooth edges across patches.
+LOCAL_ENCODER = {"model.widths": (128,), "model.space_to_depth": 8, "model.kernel_size": 1,
+                 "model.decoder_kernel_size": 3, "model.mid_blocks": 2}
+
 FULL = Recipe(
     resolution=64,
     tokenizer_arg=None,
@@ -51,20 +56,17 @@ FULL = Recipe(
         "*": {"quantizer.codebook_size": 256, "data.train_size": 8000, "model.widths": (32, 64),
               "train.num_steps": 400, "train.lr": 2e-3, "train.eval_every": 400,
               "train.checkpoint_every": 200},
-        # A local encoder (each token the code of its own 8x8 patch; see
-        # m4.tokenizers.vqvae.kernel_sizes) and a 3x3 decoder. With the shipped 3x3 encoder the
-        # codes depend on the neighbourhood and the 4M never learned them beyond a per-position
-        # prior (held-out rgb token accuracy 0.10 from the whole image; a 1-NN on the raw patch
-        # gets 0.27 of these codes and 0.77 of the local ones; the 4M now 0.46, see the demo
+        # rgb and semseg: LOCAL_ENCODER (below). With the shipped 3x3 encoder the codes depend
+        # on the neighbourhood and the 4M never learned them beyond a per-position prior
+        # (held-out rgb token accuracy 0.10 from the whole image; a 1-NN on the raw patch gets
+        # 0.27 of these codes and 0.77 of the local ones; the 4M now 0.46, see the demo
         # mixture). Reconstruction 24.9 dB PSNR (24.5 with the shipped network), in ~1 min.
-        "rgb": {"train.num_steps": 600, "model.widths": (128,), "model.space_to_depth": 8,
-                "model.kernel_size": 1, "model.decoder_kernel_size": 3, "model.mid_blocks": 2},
+        "rgb": {**LOCAL_ENCODER, "train.num_steps": 600},
         "features": {"model.widths": (64,)},
-        # Semseg the same way: reconstruction mIoU 0.830 either way, but the local codes are
-        # far easier targets (code perplexity 12.6 against 177; the 4M's training token accuracy
-        # 0.33 -> 0.77): rgb -> semseg mIoU 0.620 -> 0.635, all others -> semseg 0.650 -> 0.672.
-        "semseg": {"model.widths": (128,), "model.space_to_depth": 8, "model.kernel_size": 1,
-                   "model.decoder_kernel_size": 3, "model.mid_blocks": 2},
+        # Semseg: reconstruction mIoU 0.830 either way, but the local codes are far easier
+        # targets (code perplexity 12.6 against 177; the 4M's training token accuracy 0.33 ->
+        # 0.77): rgb -> semseg mIoU 0.620 -> 0.635, all others -> semseg 0.650 -> 0.672.
+        "semseg": LOCAL_ENCODER,
         "poses": {"train.num_steps": 1500, "train.eval_every": 1500},
     },
     tokenizer_max_minutes=4.0,

@@ -56,7 +56,7 @@ def image_config(modality: str, arg: str | None = None, **model) -> ml_collectio
         widths=(128, 256),       # channels per stage; len - 1 stride-2 stages
         decoder_widths=(),       # () -> same as widths
         blocks_per_stage=1,
-        kernel_size=3,           # 1 with one stage: a local encoder (see vqvae.kernel_size)
+        kernel_size=3,           # 1 with one stage: a local encoder (vqvae.kernel_sizes)
         decoder_kernel_size=0,   # 0: kernel_size
         mid_blocks=1,            # extra residual blocks at the token resolution
         norm_groups=0,           # GroupNorm groups; 0 = none (faster; zero-init residuals)
