@@ -15,7 +15,7 @@ def get_config(arg: str | None = None):
     c = train_config()
     c.data.shards = "runs/demo/tokens/train"
     c.masking.mixture = "demo"
-    # Sized for the demo's budget (~17 minutes of training on 2 CPU cores): a 3+3-block model of
+    # Sized for the demo's budget (~19 minutes of training on 2 CPU cores): a 3+3-block model of
     # width 192 and 64 input tokens per scene (a 64x64 scene is 6 x 64 image tokens + 64 rgb
     # pixel patches + 16 pose tokens + the caption; rgb -> X conditions on all 64 patches).
     # Measured on this data, cross-modal conditioning grows with the number of steps more than
@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
     # semseg mIoU / all others -> semseg, training seconds): batch 64 x 900 steps, peak lr 1.5e-3
     # 0.568 / 0.635 / 0.672, ~1030-1136 s; batch 32 x 1800, peak 1.1e-3 0.640 / 0.655 / 0.672,
     # 893 s; batch 16 x 3600, peak 7.8e-4 0.634 / 0.649 / 0.681, 968 s; batch 32 x 2000, peak
-    # 1.5e-3 (below) 0.659 / 0.674 / 0.709, 1045 s. The whole demo stays within 30 minutes.
+    # 1.5e-3 (below) 0.659 / 0.674 / 0.709, 1045 s (1126 s in a fresh-clone demo of 26.2 min).
     c.batch_size = 32
     c.total_steps = 2000
     c.log_every = 25
