@@ -24,7 +24,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -34,24 +33,8 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = {8: {"step_s": 1.27, "peak_rss_gb": 2.3}, 32: {"step_s": 4.36, "peak_rss_gb": 4.6}}
-# CPU features that decide whether bf16 operands can be faster than fp32: without a bf16 dot
-# instruction (AVX512-BF16 or AMX) bf16-operand dots run slower than fp32 ones, and the bf16 mode
-# is then slower than fp32 (measured on an AVX-512 Xeon without them: bf16-operand
-# matmul peak 224 GFLOP/s vs 336 fp32; train step 1.56 s vs 1.21 s at batch 8).
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_features() -> dict:
-    """The CPU's model name and whether it has a bf16 dot instruction (Linux /proc/cpuinfo)."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor() or "unknown", "bf16_dot_instructions": None}
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags_line = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
-    return {"model": model.group(1).strip() if model else "unknown",
-            "bf16_dot_instructions": sorted(flags & set(BF16_FLAGS))}
+# CPU features that decide whether bf16 operands can be faster than fp32 (see m4.precision).
+from m4.precision import cpu_features  # noqa: E402
 
 
 def matmul_peak(dtype: str, n: int = 1024, reps: int = 20) -> float:

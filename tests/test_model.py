@@ -226,6 +226,43 @@ def test_linear_custom_vjp_matches_autodiff(dtype, tol):
         linear(x, w.reshape(4, 3, 7), dtype, contract=2)
 
 
+@pytest.mark.parametrize("shape", [(16, 6), (6, 16), (12, 10), (7, 5), (1, 8), (3, 1)])
+def test_canonical_transpose_is_the_transpose(shape):
+    from m4.model.layers import _canonical_t
+
+    a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_canonical_t)(a)), a.T)
+
+
+def _dot_operand_dtypes(compiled_text: str) -> list[tuple[str, ...]]:
+    """Operand dtypes of every dot in an optimised HLO module (dots sit in fused computations
+    whose parameters are the operands)."""
+    import re
+
+    out = []
+    for params, body in re.findall(r"^%\S+ \(([^)]*)\) -> \S+ \{\n(.*?)^\}", compiled_text,
+                                   re.S | re.M):
+        if " dot(" in body:
+            out.append(tuple(re.findall(r"(bf16|f32)\[", params)))
+    return out
+
+
+def test_bf16_linear_backward_keeps_bf16_dots():
+    """In bfloat16, both gradient dots of a linear layer must take bf16 operands. A transpose
+    XLA folds into a dot's dimension numbers makes it upcast that dot to float32 operands (3-4x
+    slower on CPUs with bf16 dot instructions; see layers._canonical_t)."""
+    from m4.model.layers import linear
+
+    x = jnp.ones((64, 48), jnp.float32)
+    w = jnp.ones((48, 96), jnp.float32)
+    forward = jax.jit(lambda x, w: linear(x, w, "bfloat16")).lower(x, w).compile().as_text()
+    if ("bf16", "bf16") not in _dot_operand_dtypes(forward):
+        pytest.skip("XLA runs bf16 dots with float32 operands on this CPU (no bf16 kernels)")
+    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(linear(x, w, "bfloat16"))), (0, 1)))
+    dots = _dot_operand_dtypes(grads.lower(x, w).compile().as_text())
+    assert len(dots) == 3 and all(set(d) == {"bf16"} for d in dots), dots
+
+
 def _reference_attention(q, k, v, allowed):
     """Plain autodiff attention: what the reference computes."""
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5

@@ -31,6 +31,7 @@ from m4.model.fourm import FourM
 from m4.train import step as step_lib
 from m4.train.checkpoint import Checkpointer
 from m4.train.metrics import MetricWriter, Progress
+from m4.precision import resolve_dtype
 from m4.train.model_io import MODEL_CONFIG_FILE
 from m4.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
@@ -55,6 +56,10 @@ def modality_specs(manifest: dict, names: list[str] | tuple[str, ...] | None) ->
 
 def model_config(config: ml_collections.ConfigDict, specs) -> FourMConfig:
     overrides = {k: v for k, v in config.model.items() if k not in ("size", "variant") and v is not None}
+    # "auto": bfloat16 compute where this machine has bf16 dot instructions (m4.precision); the
+    # saved model config records the concrete dtype.
+    if "dtype" in overrides:
+        overrides["dtype"] = resolve_dtype(overrides["dtype"])
     return preset(config.model.size, specs, config.model.get("variant", "swiglu_nobias"), **overrides)
 
 
