@@ -31,10 +31,11 @@ import time
 
 import numpy as np
 
+# CPU features that decide whether bf16 operands can be faster than fp32 (see m4.precision).
+from m4.precision import cpu_features
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = {8: {"step_s": 1.27, "peak_rss_gb": 2.3}, 32: {"step_s": 4.36, "peak_rss_gb": 4.6}}
-# CPU features that decide whether bf16 operands can be faster than fp32 (see m4.precision).
-from m4.precision import cpu_features  # noqa: E402
 
 
 def matmul_peak(dtype: str, n: int = 1024, reps: int = 20) -> float:

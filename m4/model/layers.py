@@ -138,19 +138,23 @@ def dot2(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype) -> jax.Ar
                                preferred_element_type=jnp.float32)
 
 
-def _matmul_grads(x: jax.Array, w: jax.Array, g: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+def _matmul_grads(x: jax.Array | None, w: jax.Array, g: jax.Array, dtype,
+                  x_t: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Gradients of y = x @ w: (g @ w^T [T, K], x^T @ g [K, N]), operands cast to `dtype`,
-    float32 accumulation. x [T, K], w [K, N], g [T, N]."""
-    xc, wc, gc = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+    float32 accumulation. x [T, K], w [K, N], g [T, N]. `x_t`: x^T [K, T] already materialised
+    in a bfloat16 `dtype` (then `x` is not read)."""
+    wc, gc = w.astype(dtype), g.astype(dtype)
     if dtype == jnp.float32:
         # float32: g . w^T (contracting the last dims of both) is read directly by the YNNPACK
         # kernels, and x^T . g (contracting the rows of both) runs as a plain dot about as fast
         # as the canonical one: materialising the transposes cost more than it saved.
-        return dot2(gc, wc, (1, 1), dtype), dot2(xc, gc, (0, 0), dtype)
+        return dot2(gc, wc, (1, 1), dtype), dot2(x.astype(dtype), gc, (0, 0), dtype)
     # bfloat16 operands: only the canonical layout reaches the bf16 kernels (with float32
-    # accumulation); other layouts fall back to a slow path, so transpose explicitly.
+    # accumulation); other layouts are upcast to float32 operands, so transpose explicitly.
+    if x_t is None:
+        x_t = _canonical_t(x.astype(dtype))
     return (jnp.dot(gc, _canonical_t(wc), preferred_element_type=jnp.float32),
-            jnp.dot(_canonical_t(xc), gc, preferred_element_type=jnp.float32))
+            jnp.dot(x_t, gc, preferred_element_type=jnp.float32))
 
 
 def _mm(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
@@ -236,12 +240,9 @@ def _gated_mlp_bwd(dtype, residuals, dy):
     h, g = after((h, g), dy)
     sig = jax.nn.sigmoid(h)
     silu = h * sig
-    if saved_t:                                                          # bfloat16: a^T saved
-        dyc = dy.astype(dtype)
-        da = jnp.dot(dyc, _canonical_t(w2.astype(dtype)), preferred_element_type=jnp.float32)
-        dw2 = jnp.dot(saved_t[0], dyc, preferred_element_type=jnp.float32)
-    else:
-        da, dw2 = _matmul_grads(silu * g, w2, dy, dtype)                  # [T, F], [F, D]
+    # [T, F], [F, D]; in bfloat16 from the saved transposed product.
+    da, dw2 = (_matmul_grads(None, w2, dy, dtype, x_t=saved_t[0]) if saved_t
+               else _matmul_grads(silu * g, w2, dy, dtype))
     dg = da * silu
     dh = da * g * (sig + silu * (1.0 - sig))                             # d silu / dh
     dx1, dw1 = _matmul_grads(x, w1, dh, dtype)

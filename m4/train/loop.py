@@ -28,10 +28,10 @@ from m4.data.span_masking import SentinelSpec
 from m4.modalities import ModalitySpec
 from m4.model.configs import FourMConfig, preset
 from m4.model.fourm import FourM
+from m4.precision import resolve_dtype
 from m4.train import step as step_lib
 from m4.train.checkpoint import Checkpointer
 from m4.train.metrics import MetricWriter, Progress
-from m4.precision import resolve_dtype
 from m4.train.model_io import MODEL_CONFIG_FILE
 from m4.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
